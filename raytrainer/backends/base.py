@@ -1,0 +1,53 @@
+"""The backend seam: where a trainer's checkpoints and reports go.
+
+The trainer never branches on how it is run. It writes a checkpoint folder into
+``backend.staging_dir`` (rank 0 only) and hands it to :meth:`Backend.persist` (every rank),
+and it reads its own checkpoints from :meth:`Backend.checkpoint_candidates`. The runner picks
+the backend and passes it in through ``ExperimentSettings.backend``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+
+class Backend(ABC):
+    """Where a run's checkpoints live, seen from one training process.
+
+    Attributes
+    ----------
+    storage_uri : str
+        Where the run's checkpoints are kept: a folder or a URI such as ``s3://b/p/run``.
+    staging_dir : Path
+        The local folder this process writes checkpoint folders into.
+    """
+
+    storage_uri: str
+    staging_dir: Path
+
+    @abstractmethod
+    def checkpoint_candidates(self) -> Iterator[Path]:
+        """Yield local folders of the run's checkpoints to resume from, newest first.
+
+        Runs on every rank. The trainer loads the first one that verifies and falls back to
+        the next when one is corrupt.
+        """
+
+    @abstractmethod
+    def persist(self, directory: Path | None, iteration: int, metrics: Mapping[str, Any]) -> str:
+        """Make a written checkpoint durable and report its metrics; return where it is kept.
+
+        Runs on every rank (under Ray it is a barrier); ``directory`` is the folder rank 0
+        wrote, ``None`` on the other ranks. Blocks until the checkpoint is in storage.
+        """
+
+    @abstractmethod
+    def completed_summary(self) -> dict[str, Any] | None:
+        """The summary the runner recorded when the run finished, or ``None`` if it has not."""
+
+    @abstractmethod
+    def mark_complete(self, summary: Mapping[str, Any]) -> None:
+        """Record that the run finished, with a small JSON summary. Runs on the driver."""

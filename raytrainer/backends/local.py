@@ -1,0 +1,98 @@
+"""The in-process backend: checkpoints in a run folder on local disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from raytrainer.backends.base import Backend
+from raytrainer.checkpoint.layout import apply_retention, list_checkpoints
+from raytrainer.errors import ConfigError
+from raytrainer.settings import ExperimentSettings, default_storage_root
+
+COMPLETE_FILE = "complete.json"
+
+
+class LocalBackend(Backend):
+    """Checkpoints live in ``run_dir/checkpoint_<n>``; retention is applied after each save.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder, ``<storage root>/<run id>``.
+    num_to_keep : int or None
+        Checkpoints kept after each save; ``None`` keeps all.
+    score_metric, score_order : str or None, {"max", "min"}
+        Rank checkpoints by this metric instead of by age.
+    logger : logging.Logger or None
+        Where retention is logged.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        num_to_keep: int | None = None,
+        score_metric: str | None = None,
+        score_order: Literal["max", "min"] = "max",
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir).absolute()
+        self.storage_uri = str(self.run_dir)
+        self.staging_dir = self.run_dir  # written in place: the layout's rename is atomic
+        self.num_to_keep = num_to_keep
+        self.score_metric = score_metric
+        self.score_order = score_order
+        self.logger = logger or logging.getLogger("raytrainer")
+
+    @classmethod
+    def from_settings(cls, settings: ExperimentSettings, run_id: str) -> LocalBackend:
+        """Build the backend of run ``run_id`` from the settings' storage and retention.
+
+        Raises
+        ------
+        ConfigError
+            If ``settings.storage_path`` is a URI: in-process runs write to a local folder.
+        """
+        storage = settings.storage_path
+        if storage is not None and "://" in storage and not storage.startswith("file://"):
+            raise ConfigError(
+                f"storage_path={storage!r}: the in-process runner writes to a local folder; "
+                "use a local path, or run on Ray for cloud storage."
+            )
+        root = Path(storage.removeprefix("file://")) if storage else default_storage_root()
+        return cls(
+            root / run_id,
+            num_to_keep=settings.num_to_keep,
+            score_metric=settings.checkpoint_score_metric,
+            score_order=settings.checkpoint_score_order,
+            logger=settings.get_logger(),
+        )
+
+    def checkpoint_candidates(self) -> Iterator[Path]:
+        """Yield the run folder's checkpoints, newest first."""
+        yield from reversed(list_checkpoints(self.run_dir))
+
+    def persist(self, directory: Path | None, iteration: int, metrics: Mapping[str, Any]) -> str:
+        """Apply retention; the folder is already in place, so nothing is copied."""
+        if directory is None:
+            raise ValueError("the local backend runs one process, which must pass its folder.")
+        for path in apply_retention(
+            self.run_dir, self.num_to_keep, self.score_metric, self.score_order
+        ):
+            self.logger.debug("retention removed %s", path)
+        return str(directory)
+
+    def completed_summary(self) -> dict[str, Any] | None:
+        """Read ``complete.json`` from the run folder; ``None`` when there is none."""
+        try:
+            return json.loads((self.run_dir / COMPLETE_FILE).read_text())
+        except FileNotFoundError:
+            return None
+
+    def mark_complete(self, summary: Mapping[str, Any]) -> None:
+        """Write ``complete.json`` into the run folder."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / COMPLETE_FILE).write_text(json.dumps(dict(summary), indent=1))

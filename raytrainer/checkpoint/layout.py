@@ -1,0 +1,351 @@
+"""The checkpoint directory layout, its digests, and retention.
+
+A checkpoint is a directory named ``checkpoint_<iteration, 6 digits>``::
+
+    metadata.json       package, versions, git sha, time, iteration, metrics, file digests
+    hyper_params.json   the run's hyper-parameters with their schema version
+    state.json          the plain (JSON) entries of the trainer's state
+    <key>.pt            one ``torch.save`` file per state entry holding tensors,
+                        read back with ``torch.load(weights_only=True)``
+
+``metadata.json`` is written last and lists a SHA-256 digest per file, so a partial or altered
+checkpoint is detected on load and never trusted. Directories are written under a temporary
+name and renamed into place when complete. This module is the only place that knows the layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from raytrainer.errors import (
+    CheckpointCorruptError,
+    CheckPointNotFoundError,
+    CheckpointStateError,
+    CheckpointVersionError,
+)
+
+SCHEMA_VERSION = 1
+"""Schema version of the layout. Increment if it changes; readers accept ``<=`` this."""
+
+METADATA_FILE = "metadata.json"
+PARAMS_FILE = "hyper_params.json"
+STATE_FILE = "state.json"
+TENSOR_SUFFIX = ".pt"
+
+_NAME_RE = re.compile(r"^checkpoint_(\d{6,})$")
+_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def checkpoint_dir_name(iteration: int) -> str:
+    """Return the folder name of the checkpoint at ``iteration``: ``checkpoint_000042``."""
+    return f"checkpoint_{iteration:06d}"
+
+
+def parse_iteration(name: str) -> int | None:
+    """Return the iteration encoded in a checkpoint folder name, or ``None``."""
+    match = _NAME_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A verified checkpoint read into memory."""
+
+    path: Path
+    metadata: dict[str, Any]
+    hyper_params: dict[str, Any]
+    state: dict[str, Any]
+
+    @property
+    def iteration(self) -> int:
+        """The iteration the checkpoint was saved at."""
+        return int(self.metadata["iteration"])
+
+
+def _has_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, Mapping):
+        return any(_has_tensor(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_tensor(v) for v in value)
+    return False
+
+
+def _check_saveable(value: Any, where: str, allow_tensors: bool) -> None:
+    """Refuse anything that would need an arbitrary pickle to read back."""
+    if isinstance(value, _PLAIN) or (allow_tensors and isinstance(value, torch.Tensor)):
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str | int):
+                raise CheckpointStateError(
+                    f"state{where} has a key of type {type(key).__name__}; use str or int keys."
+                )
+            _check_saveable(item, f"{where}[{key!r}]", allow_tensors)
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_saveable(item, f"{where}[{i}]", allow_tensors)
+        return
+    raise CheckpointStateError(
+        f"state{where} is a {type(value).__name__}, which cannot be saved without pickling. "
+        "Convert it to tensors (torch.as_tensor), plain numbers, strings, lists or dicts."
+    )
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """Return the SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def serialise_state(state: Mapping[str, Any]) -> dict[str, bytes]:
+    """Split a state dict into file name → bytes: ``state.json`` plus one ``.pt`` per tensor entry.
+
+    Raises
+    ------
+    CheckpointStateError
+        If a key is not a safe file name, or a value cannot be saved without a pickle.
+    """
+    plain: dict[str, Any] = {}
+    files: dict[str, bytes] = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise CheckpointStateError(
+                f"state key {key!r} must be a string of letters, digits, '_', '.', '-'."
+            )
+        if _has_tensor(value):
+            _check_saveable(value, f"[{key!r}]", allow_tensors=True)
+            buffer = io.BytesIO()
+            torch.save(value, buffer)
+            files[key + TENSOR_SUFFIX] = buffer.getvalue()
+        else:
+            _check_saveable(value, f"[{key!r}]", allow_tensors=False)
+            plain[key] = value
+    files[STATE_FILE] = json.dumps(plain, indent=1, sort_keys=True).encode()
+    return files
+
+
+def write_checkpoint(
+    directory: Path,
+    state: Mapping[str, Any],
+    hyper_params: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+) -> Path:
+    """Write a complete checkpoint at ``directory``, atomically.
+
+    The files go into a temporary sibling folder; ``metadata.json`` (with the digests) is
+    written last, then the folder is renamed into place. An existing folder of the same name —
+    for example one left by a killed attempt — is replaced, never merged.
+
+    Parameters
+    ----------
+    directory : Path
+        The final checkpoint folder, usually ``<run>/checkpoint_<n>``.
+    state : Mapping[str, Any]
+        The trainer's state; see :func:`serialise_state`.
+    hyper_params : Mapping[str, Any]
+        The saved form of the hyper-parameters (``HyperParameters.to_saved()``).
+    metadata : Mapping[str, Any]
+        Must contain ``iteration``; ``schema_version`` and ``files`` are added here.
+
+    Returns
+    -------
+    Path
+        ``directory``.
+    """
+    if "iteration" not in metadata:
+        raise ValueError("checkpoint metadata needs an 'iteration'.")
+    files = serialise_state(state)
+    files[PARAMS_FILE] = json.dumps(hyper_params, indent=1, sort_keys=True).encode()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        meta = {
+            **metadata,
+            "schema_version": SCHEMA_VERSION,
+            "files": {name: {"sha256": _digest(d), "size": len(d)} for name, d in files.items()},
+        }
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if directory.exists():
+            old = directory.parent / f".old-{directory.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(directory, old)
+            os.rename(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def verify_checkpoint(directory: Path) -> dict[str, Any]:
+    """Check that a checkpoint is complete, readable by this code, and unaltered.
+
+    Returns
+    -------
+    dict
+        The checkpoint's metadata.
+
+    Raises
+    ------
+    CheckPointNotFoundError
+        If ``directory`` does not exist.
+    CheckpointCorruptError
+        If ``metadata.json`` is missing or unreadable, or a file is missing or its digest differs.
+    CheckpointVersionError
+        If the checkpoint's schema version is newer than this code reads.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckPointNotFoundError(f"checkpoint {str(directory)!r} does not exist.")
+    meta_path = directory / METADATA_FILE
+    try:
+        metadata = json.loads(meta_path.read_text())
+        files = metadata["files"]
+        version = int(metadata["schema_version"])
+    except FileNotFoundError:
+        raise CheckpointCorruptError(
+            f"checkpoint {str(directory)!r} has no {METADATA_FILE}: it is incomplete."
+        ) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointCorruptError(
+            f"checkpoint {str(directory)!r} has an unreadable {METADATA_FILE}: {exc}"
+        ) from None
+    if version > SCHEMA_VERSION:
+        raise CheckpointVersionError(
+            f"checkpoint {str(directory)!r} has schema version {version}, but this raytrainer "
+            f"reads up to schema version {SCHEMA_VERSION}. Upgrade raytrainer to load it."
+        )
+    for name, info in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointCorruptError(f"checkpoint {str(directory)!r} is missing file {name!r}.")
+        if path.stat().st_size != info["size"] or file_digest(path) != info["sha256"]:
+            raise CheckpointCorruptError(
+                f"checkpoint {str(directory)!r}: file {name!r} does not match its recorded "
+                "digest (altered or truncated)."
+            )
+    return metadata
+
+
+def read_checkpoint(directory: Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Verify and load a checkpoint. Tensors load with ``weights_only=True``."""
+    directory = Path(directory)
+    metadata = verify_checkpoint(directory)
+    state: dict[str, Any] = json.loads((directory / STATE_FILE).read_text())
+    for name in metadata["files"]:
+        if name.endswith(TENSOR_SUFFIX):
+            key = name[: -len(TENSOR_SUFFIX)]
+            state[key] = torch.load(directory / name, map_location=map_location, weights_only=True)
+    hyper_params = json.loads((directory / PARAMS_FILE).read_text())
+    return LoadedCheckpoint(directory, metadata, hyper_params, state)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Return the run's visible checkpoint folders, oldest iteration first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(parse_iteration(p.name), p) for p in run_dir.iterdir() if p.is_dir()]
+    return [p for it, p in sorted((it, p) for it, p in found if it is not None)]
+
+
+def find_checkpoint(run_dir: Path, version: str | int = "latest") -> Path:
+    """Return the folder for ``version``: ``"latest"``, an iteration, or a folder name."""
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise CheckPointNotFoundError(f"no checkpoints under {str(run_dir)!r}.")
+    if version == "latest":
+        return checkpoints[-1]
+    version = str(version)
+    iteration = parse_iteration(version) if not version.isdigit() else int(version)
+    for path in checkpoints:
+        if parse_iteration(path.name) == iteration:
+            return path
+    raise CheckPointNotFoundError(
+        f"no checkpoint {version!r} under {str(run_dir)!r}; have "
+        f"{', '.join(p.name for p in checkpoints)}."
+    )
+
+
+def apply_retention(
+    run_dir: Path,
+    num_to_keep: int | None,
+    score_metric: str | None = None,
+    score_order: Literal["max", "min"] = "max",
+) -> list[Path]:
+    """Delete checkpoints beyond ``num_to_keep``; return the deleted folders.
+
+    Without a score metric the newest are kept; with one, the best by that metric. The newest
+    checkpoint is always kept, since resuming needs it.
+    """
+    checkpoints = list_checkpoints(run_dir)
+    if num_to_keep is None or len(checkpoints) <= num_to_keep:
+        return []
+    latest = checkpoints[-1]
+    if score_metric is None:
+        keep = set(checkpoints[-num_to_keep:])
+    else:
+        sign = -1.0 if score_order == "max" else 1.0
+
+        def score(path: Path) -> float:
+            try:
+                metrics = json.loads((path / METADATA_FILE).read_text()).get("metrics", {})
+                return sign * float(metrics[score_metric])
+            except (OSError, ValueError, KeyError, TypeError):
+                return float("inf")  # unreadable or unscored: first to go
+
+        keep = set(sorted(checkpoints, key=score)[:num_to_keep])
+        if latest not in keep:
+            keep.discard(max(keep, key=score))
+            keep.add(latest)
+    deleted = [p for p in checkpoints if p not in keep]
+    for path in deleted:
+        shutil.rmtree(path, ignore_errors=True)
+    return deleted
+
+
+def describe_checkpoint(directory: Path) -> dict[str, Any]:
+    """Summarise a checkpoint for people: iteration, time, metrics, size and integrity."""
+    directory = Path(directory)
+    size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    summary: dict[str, Any] = {"path": str(directory), "size_bytes": size}
+    try:
+        metadata = verify_checkpoint(directory)
+        summary["integrity"] = "ok"
+    except (CheckpointCorruptError, CheckpointVersionError) as exc:
+        summary["integrity"] = f"BAD: {exc}"
+        try:
+            metadata = json.loads((directory / METADATA_FILE).read_text())
+        except (OSError, ValueError):
+            metadata = {}
+    for key in ("iteration", "created", "metrics", "package_version", "git_sha", "run_id"):
+        summary[key] = metadata.get(key)
+    summary["files"] = sorted(metadata.get("files", {}))
+    return summary

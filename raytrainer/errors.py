@@ -1,0 +1,45 @@
+"""Exception classes raised by raytrainer.
+
+Every error says what went wrong and what to do next. They live in one module so that
+callers can catch them without importing the parts that raise them.
+"""
+
+from __future__ import annotations
+
+
+class RayTrainerError(Exception):
+    """Base class for all raytrainer errors."""
+
+
+class ConfigError(RayTrainerError, ValueError):
+    """A hyper-parameter file, override or setting is wrong.
+
+    Raised before any Ray resource is taken. The message names the field.
+    """
+
+
+class RegistryError(ConfigError, LookupError):
+    """A trainer, scenario or protocol name is not registered and cannot be imported."""
+
+
+class CheckPointNotFoundError(RayTrainerError, FileNotFoundError):
+    """No (usable) checkpoint exists where one was asked for."""
+
+
+class CheckpointCorruptError(RayTrainerError):
+    """A checkpoint is incomplete or its files do not match the recorded digests."""
+
+
+class CheckpointVersionError(RayTrainerError):
+    """A checkpoint was written with a schema version this code cannot read."""
+
+
+class CheckpointStateError(RayTrainerError, TypeError):
+    """A trainer's state holds a value that cannot be saved without pickling arbitrary objects."""
+
+
+class MetricError(RayTrainerError, KeyError):
+    """A configured score metric was not recorded before a checkpoint was saved."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; show the message as written.
+        return str(self.args[0]) if self.args else ""

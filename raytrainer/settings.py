@@ -1,0 +1,156 @@
+"""Experiment settings: everything that does not change the result of a run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from raytrainer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from raytrainer.backends import Backend
+
+STORAGE_ENV_VAR = "RAYTRAINER_STORAGE"
+"""Environment variable that sets the default storage root (default ``./raytrainer_runs``)."""
+
+
+def default_storage_root() -> Path:
+    """Return the default storage root: ``$RAYTRAINER_STORAGE`` or ``./raytrainer_runs``."""
+    return Path(os.environ.get(STORAGE_ENV_VAR) or "raytrainer_runs").absolute()
+
+
+class ProgressBar(Protocol):
+    """What a progress-bar factory returns (``tqdm`` fits)."""
+
+    def update(self, n: int = 1) -> Any:
+        """Advance by ``n`` iterations."""
+
+    def close(self) -> Any:
+        """Finish the bar."""
+
+
+ProgressBarFactory = Callable[..., ProgressBar]
+"""Called as ``factory(total=..., initial=..., desc=...)``."""
+
+
+def tqdm_progress_bar(total: int, initial: int = 0, desc: str = "") -> ProgressBar:
+    """Default progress-bar factory: a ``tqdm`` bar on stderr."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+
+
+@dataclass
+class ExperimentSettings:
+    """The instance-specific settings of a run: device, storage, logging, checkpointing.
+
+    Parameters
+    ----------
+    device : str
+        Torch device the trainer puts its models on ("cpu", "cuda", "cuda:1").
+    run_id : str or None
+        The run id. ``None`` derives a stable id from the hyper-parameters.
+    storage_path : str or None
+        Where the run's checkpoints are kept: a folder or a URI. ``None`` is the default
+        storage root (``$RAYTRAINER_STORAGE``, else ``./raytrainer_runs``).
+    backend : Backend or None
+        Where reports and checkpoints go. The runner sets it; ``None`` means an in-process
+        local backend built from ``storage_path`` and ``run_id``.
+    logger : logging.Logger or None
+        Logger for the trainer; ``None`` is the ``raytrainer`` logger.
+    checkpoint_period : int
+        Iterations between checkpoints; trainers save when ``iteration % period == 0``.
+    num_to_keep : int or None
+        Newest (or best, with ``checkpoint_score_metric``) checkpoints kept; ``None`` keeps all.
+    checkpoint_score_metric, checkpoint_score_order : str or None, {"max", "min"}
+        Metric that ranks checkpoints for retention and the W&B ``best`` alias.
+    progress_bar_factory : callable or None
+        Builds the progress bar; ``None`` shows none.
+    test_run : bool
+        A quick check run: never loads a checkpoint.
+    do_not_load_checkpoint : bool
+        Start from scratch even if the run has checkpoints.
+    max_failures : int
+        Worker-group restarts allowed under Ray before the run fails.
+    world_rank, local_rank, world_size : int
+        This process's place among the workers; set by the Ray runner.
+    wandb_mode : {"disabled", "offline", "online"}
+        W&B mode; the project, entity, tags and group follow it.
+    """
+
+    device: str = "cpu"
+    run_id: str | None = None
+    storage_path: str | None = None
+    backend: Backend | None = None
+    logger: logging.Logger | None = None
+    checkpoint_period: int = 100
+    num_to_keep: int | None = 3
+    checkpoint_score_metric: str | None = None
+    checkpoint_score_order: Literal["max", "min"] = "max"
+    progress_bar_factory: ProgressBarFactory | None = tqdm_progress_bar
+    test_run: bool = False
+    do_not_load_checkpoint: bool = False
+    max_failures: int = 0
+    world_rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    wandb_mode: Literal["disabled", "offline", "online"] = "disabled"
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_tags: tuple[str, ...] = field(default_factory=tuple)
+    wandb_group: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.checkpoint_period >= 1, "checkpoint_period", self.checkpoint_period, ">= 1")
+        _check(
+            self.num_to_keep is None or self.num_to_keep >= 1,
+            "num_to_keep",
+            self.num_to_keep,
+            ">= 1 or None",
+        )
+        _check(
+            self.checkpoint_score_order in ("max", "min"),
+            "checkpoint_score_order",
+            self.checkpoint_score_order,
+            "'max' or 'min'",
+        )
+        _check(
+            self.wandb_mode in ("disabled", "offline", "online"),
+            "wandb_mode",
+            self.wandb_mode,
+            "'disabled', 'offline' or 'online'",
+        )
+        _check(self.max_failures >= -1, "max_failures", self.max_failures, ">= -1")
+        _check(self.world_size >= 1, "world_size", self.world_size, ">= 1")
+        _check(
+            0 <= self.world_rank < self.world_size,
+            "world_rank",
+            self.world_rank,
+            f"in 0..{self.world_size - 1}",
+        )
+        if self.run_id is not None:
+            _check(
+                bool(self.run_id) and "/" not in self.run_id and not self.run_id.startswith("."),
+                "run_id",
+                self.run_id,
+                "a non-empty name without '/' that does not start with '.'",
+            )
+        self.wandb_tags = tuple(self.wandb_tags)
+
+    @property
+    def is_rank_zero(self) -> bool:
+        """Whether this process is world rank 0 (the one that writes checkpoints)."""
+        return self.world_rank == 0
+
+    def get_logger(self) -> logging.Logger:
+        """Return the configured logger, or the ``raytrainer`` logger."""
+        return self.logger or logging.getLogger("raytrainer")
+
+
+def _check(ok: bool, name: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"setting {name}={value!r} is invalid: expected {expected}.")
