@@ -22,6 +22,7 @@ from raytrainer.params import (
     validate_hyper_params,
 )
 from raytrainer.protocols import PROTOCOLS
+from raytrainer.rng import seed_everything
 from raytrainer.scenario import SCENARIOS, build_scenario_instance
 from raytrainer.settings import ExperimentSettings
 from raytrainer.trainer import TRAINERS, Trainer
@@ -75,7 +76,12 @@ def load_hyper_params(
 
 
 def build_trainer(hyper_params: HyperParameters, settings: ExperimentSettings) -> Trainer:
-    """Build the scenario instance and the trainer named by the hyper-parameters."""
+    """Build the scenario instance and the trainer named by the hyper-parameters.
+
+    The generators are seeded first, so the scenario's modules start from the same weights in
+    every process.
+    """
+    seed_everything(hyper_params.seed + settings.world_rank)
     scenario_instance = build_scenario_instance(hyper_params, settings)
     return TRAINERS.get(hyper_params.trainer)(hyper_params, scenario_instance, settings)
 

@@ -12,7 +12,15 @@ import json
 import re
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from raytrainer._version import __version__
 from raytrainer.params.versions import convert
@@ -53,6 +61,12 @@ class BaseRunParameters(ParamsModel):
         None, description="Storage root holding the base run (default: the default root)."
     )
     version: str = Field("latest", description="'latest', an iteration or 'checkpoint_<n>'.")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _int_version(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     project: str | None = Field(None, description="W&B project of the base run.")
     entity: str | None = Field(None, description="W&B entity of the base run.")
 

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import Field
+
+from raytrainer import ConfigError, HyperParameters, load_hyper_params, register_conversion
+from raytrainer.errors import CheckpointVersionError
+from raytrainer.params import AgentHyperParameters, apply_overrides
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "regression.yaml"
+
+
+def test_example_config_loads_as_the_trainers_class():
+    hp = load_hyper_params(EXAMPLE)
+    assert type(hp).__name__ == "RegressionParams"
+    assert hp.num_iterations == 2000
+    assert hp.agent_params("agent").learning_rate == pytest.approx(3e-3)
+
+
+def test_overrides_parse_values_and_reach_nested_fields():
+    hp = load_hyper_params(
+        EXAMPLE,
+        [
+            "num_iterations=7",
+            "agents.agent.learning_rate=5e-4",
+            "protocol_params.max_message_rounds=2",
+        ],
+    )
+    assert hp.num_iterations == 7
+    assert hp.agent_params("agent").learning_rate == pytest.approx(5e-4)
+    # the per-agent section fills its gaps from _default
+    assert hp.agent_params("agent").weight_decay == hp.agents["_default"].weight_decay
+    assert hp.protocol_params.max_message_rounds == 2
+
+
+def test_overrides_do_not_touch_the_input():
+    data = {"a": {"b": 1}}
+    assert apply_overrides(data, ["a.b=2", "a.c=[1, 2]"]) == {"a": {"b": 2, "c": [1, 2]}}
+    assert data == {"a": {"b": 1}}
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("hiden_dim=3", "hiden_dim: unknown field"),
+        ("agents._default.lr=0.1", "agents._default.lr: unknown field"),
+        ("batch_size=many", "batch_size: Input should be a valid integer"),
+        ("batch_size=0", "batch_size: Input should be greater than 0"),
+        ("dropout=1.5", "dropout: Input should be less than 1"),
+        ("agents.prover.learning_rate=0.1", "agents.prover: protocol 'solo' has agents ['agent']"),
+        ("protocol=telepathy", "unknown protocol 'telepathy'"),
+        ("scenario=nowhere", "unknown scenario 'nowhere'"),
+        ("trainer=no_such_module:X", "cannot import module 'no_such_module'"),
+    ],
+)
+def test_bad_values_name_the_field(override, needle):
+    with pytest.raises(ConfigError) as info:
+        load_hyper_params(EXAMPLE, [override])
+    assert needle in str(info.value)
+
+
+def test_override_through_a_leaf_is_an_error():
+    with pytest.raises(ConfigError, match="field 'seed' is not a section"):
+        load_hyper_params(EXAMPLE, ["seed.x=1"])
+
+
+def test_missing_and_unparsable_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_hyper_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: [unclosed")
+    with pytest.raises(ConfigError, match="cannot be parsed"):
+        load_hyper_params(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_hyper_params(listy)
+    with pytest.raises(ConfigError, match="trainer: required field is missing"):
+        load_hyper_params({"scenario": "x"})
+
+
+def test_saved_form_round_trips_with_versions(tmp_path):
+    hp = load_hyper_params(EXAMPLE, ["seed=5"])
+    saved = hp.to_saved()
+    assert saved["schema_version"] == 1 and saved["package"] == "raytrainer"
+    path = tmp_path / "hyper_params.json"
+    path.write_text(json.dumps(saved))
+    again = load_hyper_params(path)
+    assert again == hp
+    assert again.default_run_id() == hp.default_run_id()
+
+
+def test_run_id_is_stable_and_follows_the_values():
+    a = load_hyper_params(EXAMPLE)
+    b = load_hyper_params(yaml.safe_load(EXAMPLE.read_text()))
+    assert a.default_run_id() == b.default_run_id()
+    assert a.default_run_id().startswith("regressiontrainer-")
+    assert load_hyper_params(EXAMPLE, ["seed=1"]).default_run_id() != a.default_run_id()
+
+
+def test_diff_lists_changed_leaves():
+    a = load_hyper_params(EXAMPLE)
+    b = load_hyper_params(EXAMPLE, ["seed=9", "agents._default.learning_rate=0.5"])
+    assert a.diff(b) == {
+        "seed": (0, 9),
+        "agents._default.learning_rate": (0.003, 0.5),
+    }
+
+
+class _AgentV2(AgentHyperParameters):
+    temperature: float = Field(1.0, gt=0)
+
+
+class _ParamsV2(HyperParameters):
+    schema_version = 2
+    agents: dict[str, _AgentV2] = Field(default_factory=lambda: {"_default": _AgentV2()})
+    width: int = 4
+
+
+@register_conversion(_ParamsV2, from_version=1)
+def _v1_to_v2(params: dict) -> dict:
+    params["width"] = params.pop("hidden", 4)
+    return params
+
+
+def test_version_conversion_and_typed_agent_sections():
+    v1 = {"trainer": "t", "scenario": "s", "num_iterations": 1, "hidden": 9}
+    converted = _ParamsV2.from_saved({"schema_version": 1, "params": v1})
+    assert converted.width == 9
+    assert isinstance(converted.agent_params("anyone"), _AgentV2)
+    with pytest.raises(CheckpointVersionError, match="schema version 3.*up to version 2"):
+        _ParamsV2.from_saved({"schema_version": 3, "params": v1})
