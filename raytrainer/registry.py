@@ -71,7 +71,6 @@ class Registry(Generic[T]):
                 raise RegistryError(
                     f"{self.kind} {name!r}: module {module_name!r} has no attribute {attr!r}."
                 ) from exc
-            self._entries[name] = obj
             return obj
         known = ", ".join(sorted(self._entries)) or "none"
         raise RegistryError(
