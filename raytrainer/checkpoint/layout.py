@@ -16,7 +16,6 @@ name and renamed into place when complete. This module is the only place that kn
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -107,8 +106,8 @@ def _check_saveable(value: Any, where: str, allow_tensors: bool) -> None:
     )
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, indent=1, sort_keys=True).encode()
 
 
 def file_digest(path: Path) -> str:
@@ -120,8 +119,8 @@ def file_digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def serialise_state(state: Mapping[str, Any]) -> dict[str, bytes]:
-    """Split a state dict into file name → bytes: ``state.json`` plus one ``.pt`` per tensor entry.
+def split_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a state dict into its plain entries (``state.json``) and its tensor entries.
 
     Raises
     ------
@@ -129,22 +128,49 @@ def serialise_state(state: Mapping[str, Any]) -> dict[str, bytes]:
         If a key is not a safe file name, or a value cannot be saved without a pickle.
     """
     plain: dict[str, Any] = {}
-    files: dict[str, bytes] = {}
+    tensors: dict[str, Any] = {}
     for key, value in state.items():
         if not isinstance(key, str) or not _KEY_RE.match(key):
             raise CheckpointStateError(
                 f"state key {key!r} must be a string of letters, digits, '_', '.', '-'."
             )
-        if _has_tensor(value):
-            _check_saveable(value, f"[{key!r}]", allow_tensors=True)
-            buffer = io.BytesIO()
-            torch.save(value, buffer)
-            files[key + TENSOR_SUFFIX] = buffer.getvalue()
+        has_tensor = _has_tensor(value)
+        _check_saveable(value, f"[{key!r}]", allow_tensors=has_tensor)
+        (tensors if has_tensor else plain)[key] = value
+    return plain, tensors
+
+
+class _HashingWriter:
+    """A write-only file that hashes what passes through, so files are read once."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._sha.update(data)
+        self.size += len(data)
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> dict[str, Any]:
+        self._file.close()
+        return {"sha256": self._sha.hexdigest(), "size": self.size}
+
+
+def _write_file(path: Path, data: bytes | None = None, tensors: Any = None) -> dict[str, Any]:
+    writer = _HashingWriter(path)
+    try:
+        if data is not None:
+            writer.write(data)
         else:
-            _check_saveable(value, f"[{key!r}]", allow_tensors=False)
-            plain[key] = value
-    files[STATE_FILE] = json.dumps(plain, indent=1, sort_keys=True).encode()
-    return files
+            torch.save(tensors, writer)
+    finally:
+        info = writer.close()
+    return info
 
 
 def write_checkpoint(
@@ -164,7 +190,7 @@ def write_checkpoint(
     directory : Path
         The final checkpoint folder, usually ``<run>/checkpoint_<n>``.
     state : Mapping[str, Any]
-        The trainer's state; see :func:`serialise_state`.
+        The trainer's state; see :func:`split_state`.
     hyper_params : Mapping[str, Any]
         The saved form of the hyper-parameters (``HyperParameters.to_saved()``).
     metadata : Mapping[str, Any]
@@ -177,19 +203,18 @@ def write_checkpoint(
     """
     if "iteration" not in metadata:
         raise ValueError("checkpoint metadata needs an 'iteration'.")
-    files = serialise_state(state)
-    files[PARAMS_FILE] = json.dumps(hyper_params, indent=1, sort_keys=True).encode()
+    plain, tensors = split_state(state)  # refuses bad state before anything is written
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        meta = {
-            **metadata,
-            "schema_version": SCHEMA_VERSION,
-            "files": {name: {"sha256": _digest(d), "size": len(d)} for name, d in files.items()},
+        files = {
+            name: _write_file(tmp / name, data=_json_bytes(value))
+            for name, value in ((STATE_FILE, plain), (PARAMS_FILE, hyper_params))
         }
+        for key, value in tensors.items():
+            files[key + TENSOR_SUFFIX] = _write_file(tmp / (key + TENSOR_SUFFIX), tensors=value)
+        meta = {**metadata, "schema_version": SCHEMA_VERSION, "files": files}
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
         if directory.exists():
             old = directory.parent / f".old-{directory.name}-{uuid.uuid4().hex[:8]}"
