@@ -12,10 +12,18 @@ from raytrainer.errors import (
     MetricError,
     RayTrainerError,
     RegistryError,
+    RunFailedError,
 )
 from raytrainer.params import AgentHyperParameters, HyperParameters, register_conversion
 from raytrainer.protocols import ProtocolHandler, register_protocol
-from raytrainer.runner import RunResult, build_trainer, load_hyper_params, run_local
+from raytrainer.runner import (
+    RunResult,
+    Scaling,
+    build_trainer,
+    load_hyper_params,
+    run,
+    run_local,
+)
 from raytrainer.scenario import ScenarioInstance, register_scenario
 from raytrainer.settings import ExperimentSettings
 from raytrainer.trainer import Progress, Trainer, attach_progress_bar, register_trainer
@@ -36,7 +44,9 @@ __all__ = [
     "ProtocolHandler",
     "RayTrainerError",
     "RegistryError",
+    "RunFailedError",
     "RunResult",
+    "Scaling",
     "ScenarioInstance",
     "ShardedBatchSampler",
     "Trainer",
@@ -48,5 +58,6 @@ __all__ = [
     "register_protocol",
     "register_scenario",
     "register_trainer",
+    "run",
     "run_local",
 ]

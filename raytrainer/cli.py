@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raytrainer.checkpoint import describe_checkpoint, list_checkpoints
-from raytrainer.errors import RayTrainerError
+from raytrainer.errors import ConfigError, RayTrainerError, RunFailedError
 from raytrainer.settings import ExperimentSettings, default_storage_root, tqdm_progress_bar
 
 
@@ -22,6 +22,20 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a trainer from a config file")
     run.add_argument("config", type=Path, help="hyper-parameters, YAML or JSON")
     run.add_argument("--local", action="store_true", help="run in this process (debuggable)")
+    run.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
+    run.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per Ray worker")
+    run.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per Ray worker")
+    run.add_argument(
+        "--address", help="Ray cluster to use (default: RAY_ADDRESS, a running one, or a new one)"
+    )
+    run.add_argument("--max-failures", type=int, default=0, help="worker-group restarts allowed")
+    run.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for every Ray worker; repeatable",
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -55,9 +69,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from raytrainer.runner import load_hyper_params, run_local
+    from raytrainer.runner import Scaling, load_hyper_params, run, run_local
 
     hyper_params = load_hyper_params(args.config, args.overrides)
+    worker_env = dict(item.split("=", 1) for item in args.worker_env if "=" in item)
+    if len(worker_env) != len(args.worker_env):
+        raise ConfigError("--worker-env takes KEY=VALUE pairs.")
     settings = ExperimentSettings(
         device=args.device,
         run_id=args.run_id,
@@ -69,12 +86,14 @@ def _run(args: argparse.Namespace) -> int:
         progress_bar_factory=None if args.no_progress else tqdm_progress_bar,
         test_run=args.test_run,
         do_not_load_checkpoint=args.no_load,
+        max_failures=args.max_failures,
+        worker_env=worker_env,
     )
-    if not args.local:
-        raise SystemExit(
-            "raytrainer run: only in-process runs are available in this version; pass --local."
-        )
-    result = run_local(hyper_params, settings)
+    if args.local:
+        result = run_local(hyper_params, settings)
+    else:
+        scaling = Scaling(args.num_workers, args.gpus_per_worker, args.cpus_per_worker)
+        result = run(hyper_params, settings, scaling, address=args.address)
     state = "already complete" if result.already_complete else "complete"
     print(f"run {result.run_id} {state} at iteration {result.iteration}: {result.storage_uri}")
     return 0
@@ -117,9 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         return _run(args) if args.command == "run" else _checkpoints(args)
+    except RunFailedError as exc:
+        print(f"raytrainer: error: {exc}", file=sys.stderr)
+        return 1
     except RayTrainerError as exc:
         print(f"raytrainer: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("raytrainer: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

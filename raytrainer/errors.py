@@ -18,6 +18,10 @@ class ConfigError(RayTrainerError, ValueError):
     """
 
 
+class RunFailedError(RayTrainerError, RuntimeError):
+    """A run's workers failed more often than ``max_failures`` allows."""
+
+
 class RegistryError(ConfigError, LookupError):
     """A trainer, scenario or protocol name is not registered and cannot be imported."""
 

@@ -7,13 +7,15 @@ hyper-parameters and settings and calls ``train()``; none holds training logic.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raytrainer import storage
 from raytrainer.backends import LocalBackend
-from raytrainer.errors import ConfigError
+from raytrainer.errors import ConfigError, RunFailedError
 from raytrainer.params import (
     DEFAULT_AGENT,
     HyperParameters,
@@ -24,7 +26,7 @@ from raytrainer.params import (
 from raytrainer.protocols import PROTOCOLS
 from raytrainer.rng import seed_everything
 from raytrainer.scenario import SCENARIOS, build_scenario_instance
-from raytrainer.settings import ExperimentSettings
+from raytrainer.settings import ExperimentSettings, default_storage_root
 from raytrainer.trainer import TRAINERS, Trainer
 
 
@@ -127,3 +129,169 @@ def run_local(hyper_params: HyperParameters, settings: ExperimentSettings) -> Ru
         )
     logger.info("run %s finished at iteration %d: %s", run_id, result.iteration, result.metrics)
     return result
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many Ray Train workers a run uses, and what each gets.
+
+    Parameters
+    ----------
+    num_workers : int
+        Training processes (DDP ranks). ``batch_size`` is divided among them.
+    gpus_per_worker : float
+        GPUs per worker; 0 trains on CPU with gloo, more on GPU with nccl.
+    cpus_per_worker : float
+        CPUs reserved per worker.
+    """
+
+    num_workers: int = 1
+    gpus_per_worker: float = 0
+    cpus_per_worker: float = 1
+
+    def __post_init__(self) -> None:
+        for name, value, ok in (
+            ("num_workers", self.num_workers, self.num_workers >= 1),
+            ("gpus_per_worker", self.gpus_per_worker, self.gpus_per_worker >= 0),
+            ("cpus_per_worker", self.cpus_per_worker, self.cpus_per_worker > 0),
+        ):
+            if not ok:
+                raise ConfigError(f"scaling {name}={value!r} is invalid: it must be positive.")
+
+
+def run(
+    hyper_params: HyperParameters,
+    settings: ExperimentSettings,
+    scaling: Scaling | None = None,
+    address: str | None = None,
+) -> RunResult:
+    """Run the trainer as Ray Train workers; resume the run if its storage has checkpoints.
+
+    Runs on the driver. Connects to the Ray cluster at ``address`` (or the one Ray finds:
+    ``RAY_ADDRESS``, a running local head, the cluster of a ``ray job``), or starts a local
+    instance for the run and stops it afterwards. The run is ``RunConfig(name=run_id)`` under
+    ``settings.storage_path``, so rerunning the same command after the driver dies resumes it.
+
+    Raises
+    ------
+    ConfigError
+        Before Ray starts, for a bad scaling or a batch size the workers cannot share.
+    RunFailedError
+        When the workers fail more than ``settings.max_failures`` times; it carries the
+        workers' error.
+    """
+    import os
+
+    scaling = scaling or Scaling()
+    if hyper_params.batch_size % scaling.num_workers:
+        raise ConfigError(
+            f"batch_size={hyper_params.batch_size} is the global batch and must divide by "
+            f"num_workers={scaling.num_workers}."
+        )
+    run_id = settings.run_id or hyper_params.default_run_id()
+    root = settings.storage_path or str(default_storage_root())
+    storage_fs, storage_path = storage.resolve(root)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints shown once
+
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+    try:
+        return _fit(hyper_params, settings, scaling, run_id, root, storage_fs, storage_path)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _fit(
+    hyper_params: HyperParameters,
+    settings: ExperimentSettings,
+    scaling: Scaling,
+    run_id: str,
+    root: str,
+    storage_fs: Any,
+    storage_path: str,
+) -> RunResult:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raytrainer.backends.ray_train import DriverProgress, ProgressActor, RayTrainBackend
+
+    logger = settings.get_logger()
+    backend = RayTrainBackend(run_id, root)  # the driver uses its storage side only
+    summary = None if settings.test_run else backend.completed_summary()
+    if summary is not None:
+        logger.info("run %s is already complete in %s; nothing to do.", run_id, backend.storage_uri)
+        return RunResult(
+            run_id,
+            backend.storage_uri,
+            summary.get("iteration", 0),
+            summary.get("metrics", {}),
+            already_complete=True,
+        )
+
+    actor_name = f"raytrainer-progress-{run_id}-{uuid.uuid4().hex[:6]}"
+    actor = ProgressActor.options(name=actor_name).remote()
+    worker_settings = dataclasses.replace(settings, run_id=run_id).to_worker_config()
+    trainer = TorchTrainer(
+        train_loop_per_worker=_worker_loop,
+        train_loop_config={
+            "hyper_params": hyper_params.to_saved(),
+            "settings": worker_settings,
+            "storage_root": root,
+            "progress_actor": actor_name,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.gpus_per_worker > 0,
+            resources_per_worker={
+                "CPU": scaling.cpus_per_worker,
+                **({"GPU": scaling.gpus_per_worker} if scaling.gpus_per_worker else {}),
+            },
+        ),
+        run_config=RunConfig(
+            name=run_id,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=settings.num_to_keep,
+                checkpoint_score_attribute=settings.checkpoint_score_metric,
+                checkpoint_score_order=settings.checkpoint_score_order,
+            ),
+            # Worker errors are retried max_failures times; a controller that cannot start
+            # the workers at all fails the run instead of retrying forever.
+            failure_config=FailureConfig(
+                max_failures=settings.max_failures, controller_failure_limit=3
+            ),
+            worker_runtime_env={"env_vars": dict(settings.worker_env)}
+            if settings.worker_env
+            else None,
+        ),
+    )
+    try:
+        with DriverProgress(actor, settings.progress_bar_factory, desc=run_id):
+            result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise RunFailedError(
+            f"run {run_id} failed after {settings.max_failures} restart(s); the last good "
+            f"checkpoint is in {backend.storage_uri}. Workers reported:\n{exc}"
+        ) from exc
+    finally:
+        ray.kill(actor)
+    metrics = {k: v for k, v in (result.metrics or {}).items() if k != "iteration"}
+    iteration = int((result.metrics or {}).get("iteration", 0))
+    out = RunResult(run_id, backend.storage_uri, iteration, metrics)
+    if not settings.test_run:
+        backend.mark_complete({"run_id": run_id, "iteration": iteration, "metrics": metrics})
+    logger.info("run %s finished at iteration %d: %s", run_id, iteration, metrics)
+    return out
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    # A module-level function of the installed package, so workers can always unpickle it.
+    from raytrainer.backends.ray_train import worker_loop
+
+    worker_loop(config)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -75,7 +75,9 @@ class ExperimentSettings:
     do_not_load_checkpoint : bool
         Start from scratch even if the run has checkpoints.
     max_failures : int
-        Worker-group restarts allowed under Ray before the run fails.
+        Worker-group restarts allowed under Ray before the run fails (-1: unlimited).
+    worker_env : Mapping[str, str]
+        Environment variables set in every Ray worker (not in an in-process run).
     world_rank, local_rank, world_size : int
         This process's place among the workers; set by the Ray runner.
     wandb_mode : {"disabled", "offline", "online"}
@@ -95,6 +97,7 @@ class ExperimentSettings:
     test_run: bool = False
     do_not_load_checkpoint: bool = False
     max_failures: int = 0
+    worker_env: Mapping[str, str] = field(default_factory=dict)
     world_rank: int = 0
     local_rank: int = 0
     world_size: int = 1
@@ -145,6 +148,23 @@ class ExperimentSettings:
     def is_rank_zero(self) -> bool:
         """Whether this process is world rank 0 (the one that writes checkpoints)."""
         return self.world_rank == 0
+
+    def to_worker_config(self) -> dict[str, Any]:
+        """The plain fields a Ray worker rebuilds its settings from.
+
+        Leaves out what each worker sets for itself (device, ranks, backend, progress bar) and
+        what cannot cross processes (the logger).
+        """
+        own = {
+            "device",
+            "world_rank",
+            "local_rank",
+            "world_size",
+            "backend",
+            "logger",
+            "progress_bar_factory",
+        }
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in own}
 
     def get_logger(self) -> logging.Logger:
         """Return the configured logger, or the ``raytrainer`` logger."""

@@ -13,6 +13,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+COMPLETE_FILE = "complete.json"
+"""Written into the run folder by the runner when a run finishes."""
+
 
 class Backend(ABC):
     """Where a run's checkpoints live, seen from one training process.

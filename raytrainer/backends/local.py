@@ -8,12 +8,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from raytrainer.backends.base import Backend
+from raytrainer.backends.base import COMPLETE_FILE, Backend
 from raytrainer.checkpoint.layout import apply_retention, list_checkpoints
 from raytrainer.errors import ConfigError
 from raytrainer.settings import ExperimentSettings, default_storage_root
-
-COMPLETE_FILE = "complete.json"
 
 
 class LocalBackend(Backend):

@@ -1,0 +1,219 @@
+"""The Ray Train backend: worker loop, checkpoints via ``ray.train.report``, driver progress.
+
+Process map: :func:`worker_loop` and :class:`RayTrainBackend` run in every Ray Train worker;
+:class:`ProgressActor` is a small actor; :class:`DriverProgress` runs a thread in the driver.
+This module is imported only when a run goes to Ray, so in-process runs never import Ray.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+
+from raytrainer import storage
+from raytrainer.backends.base import COMPLETE_FILE, Backend
+from raytrainer.checkpoint.layout import checkpoint_dir_name, parse_iteration
+from raytrainer.settings import ExperimentSettings, ProgressBar, ProgressBarFactory
+
+
+class RayTrainBackend(Backend):
+    """Checkpoints go to Ray Train's storage via ``ray.train.report``; runs in each worker.
+
+    Parameters
+    ----------
+    run_id : str
+        The run id, also the ``RunConfig(name)``.
+    storage_root : str
+        The storage root (folder or URI); the run lives at ``<storage_root>/<run_id>``.
+    """
+
+    def __init__(self, run_id: str, storage_root: str) -> None:
+        self.run_id = run_id
+        self.storage_uri = storage.join(storage_root, run_id)
+        self._staging_dir: Path | None = None
+
+    @property
+    def staging_dir(self) -> Path:  # type: ignore[override]
+        """A temporary folder of this worker, made on first use (the driver never needs one)."""
+        if self._staging_dir is None:
+            self._staging_dir = Path(tempfile.mkdtemp(prefix=f"raytrainer-{self.run_id}-"))
+        return self._staging_dir
+
+    def checkpoint_candidates(self) -> Iterator[Path]:
+        """Yield Ray's latest checkpoint, then older ones found in storage, newest first.
+
+        Ray registers only fully reported checkpoints; the older ones are the fallback when the
+        latest fails its digests.
+        """
+        latest = ray.train.get_checkpoint()
+        newest_iteration = None
+        if latest is not None:
+            newest_iteration = parse_iteration(Path(latest.path).name)
+            with latest.as_directory() as directory:
+                yield Path(directory)
+        names = [n for n in storage.list_dirs(self.storage_uri) if parse_iteration(n) is not None]
+        for name in sorted(names, key=parse_iteration, reverse=True):
+            if newest_iteration is not None and parse_iteration(name) >= newest_iteration:
+                continue
+            local = self.staging_dir / "restore" / name
+            yield storage.download_dir(storage.join(self.storage_uri, name), local)
+
+    def persist(self, directory: Path | None, iteration: int, metrics: Mapping[str, Any]) -> str:
+        """Report the checkpoint (every rank: a barrier); rank 0 passes the folder it wrote.
+
+        Blocks until Ray has copied the folder to storage; the staging copy is then removed.
+        """
+        name = checkpoint_dir_name(iteration)
+        checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
+        ray.train.report(dict(metrics), checkpoint=checkpoint, checkpoint_dir_name=name)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+        return storage.join(self.storage_uri, name)
+
+    def completed_summary(self) -> dict[str, Any] | None:
+        """Read ``complete.json`` from the run's storage; ``None`` when the run is not done."""
+        return storage.read_json(storage.join(self.storage_uri, COMPLETE_FILE))
+
+    def mark_complete(self, summary: Mapping[str, Any]) -> None:
+        """Write ``complete.json`` into the run's storage (the driver does this)."""
+        storage.write_json(storage.join(self.storage_uri, COMPLETE_FILE), dict(summary))
+
+
+@ray.remote(num_cpus=0)
+class ProgressActor:
+    """Holds the run's progress: rank 0 pushes to it, the driver reads from it."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.n = 0
+
+    def start(self, total: int, initial: int) -> None:
+        """Set the total and the starting position (a resumed run starts where it was)."""
+        self.total, self.n = total, initial
+
+    def update(self, n: int) -> None:
+        """Advance by ``n``."""
+        self.n += n
+
+    def get(self) -> tuple[int, int]:
+        """Return ``(total, n)``."""
+        return self.total, self.n
+
+
+class _RemoteBar:
+    """What rank 0's progress-bar factory returns: updates go to the actor, unawaited."""
+
+    def __init__(self, actor: Any, total: int, initial: int) -> None:
+        self._actor = actor
+        actor.start.remote(total, initial)
+
+    def update(self, n: int = 1) -> None:
+        self._actor.update.remote(n)
+
+    def close(self) -> None:
+        pass
+
+
+def _remote_bar_factory(actor: Any) -> ProgressBarFactory:
+    def factory(total: int, initial: int = 0, desc: str = "") -> ProgressBar:
+        return _RemoteBar(actor, total, initial)
+
+    return factory
+
+
+class DriverProgress:
+    """A driver thread that draws one bar from the :class:`ProgressActor`.
+
+    Parameters
+    ----------
+    actor : ActorHandle
+        The run's progress actor.
+    factory : ProgressBarFactory or None
+        Builds the driver's bar; ``None`` draws nothing.
+    desc : str
+        The bar's label.
+    interval : float
+        Seconds between reads of the actor.
+    """
+
+    def __init__(
+        self, actor: Any, factory: ProgressBarFactory | None, desc: str, interval: float = 0.5
+    ) -> None:
+        self._actor = actor
+        self._factory = factory
+        self._desc = desc
+        self._interval = interval
+        self._stop = threading.Event()
+        self._bar: ProgressBar | None = None
+        self._shown = 0
+        self._thread = threading.Thread(target=self._loop, name="raytrainer-progress", daemon=True)
+
+    def __enter__(self) -> DriverProgress:
+        if self._factory is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._factory is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._refresh()  # the last counts, after the run
+        if self._bar is not None:
+            self._bar.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        try:
+            total, n = ray.get(self._actor.get.remote(), timeout=10)
+        except (ray.exceptions.RayError, TimeoutError):
+            return
+        if total == 0:
+            return
+        if self._bar is None:
+            self._bar = self._factory(total=total, initial=n, desc=self._desc)
+            self._shown = n
+        elif n != self._shown:
+            self._bar.update(n - self._shown)
+            self._shown = n
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """The per-worker training function: build the scenario and the trainer, call ``train()``.
+
+    Runs in every Ray Train worker. ``config`` holds the saved hyper-parameters, the plain
+    settings, the storage root and the progress actor's name.
+    """
+    from raytrainer.runner import build_trainer, load_hyper_params
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    hyper_params = load_hyper_params(config["hyper_params"])
+    progress = None
+    if rank == 0 and config.get("progress_actor"):
+        progress = _remote_bar_factory(ray.get_actor(config["progress_actor"]))
+    settings = ExperimentSettings(
+        **config["settings"],
+        device=str(ray.train.torch.get_device()),
+        world_rank=rank,
+        local_rank=context.get_local_rank(),
+        world_size=context.get_world_size(),
+        backend=RayTrainBackend(config["settings"]["run_id"], config["storage_root"]),
+        progress_bar_factory=progress,
+    )
+    trainer = build_trainer(hyper_params, settings)
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(trainer.backend.staging_dir, ignore_errors=True)
