@@ -26,7 +26,7 @@ from raytrainer.params import (
 from raytrainer.protocols import PROTOCOLS
 from raytrainer.rng import seed_everything
 from raytrainer.scenario import SCENARIOS, build_scenario_instance
-from raytrainer.settings import ExperimentSettings, default_storage_root
+from raytrainer.settings import ExperimentSettings, default_storage_location
 from raytrainer.trainer import TRAINERS, Trainer
 
 
@@ -189,7 +189,7 @@ def run(
             f"num_workers={scaling.num_workers}."
         )
     run_id = settings.run_id or hyper_params.default_run_id()
-    root = settings.storage_path or str(default_storage_root())
+    root = settings.storage_path or default_storage_location()
     storage_fs, storage_path = storage.resolve(root)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints shown once
 

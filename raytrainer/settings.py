@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from raytrainer.errors import ConfigError
+from raytrainer.storage import is_uri
 
 if TYPE_CHECKING:
     from raytrainer.backends import Backend
@@ -18,9 +19,30 @@ STORAGE_ENV_VAR = "RAYTRAINER_STORAGE"
 """Environment variable that sets the default storage root (default ``./raytrainer_runs``)."""
 
 
+def default_storage_location() -> str:
+    """Return the default storage root: ``$RAYTRAINER_STORAGE`` or ``./raytrainer_runs``.
+
+    A URI (``s3://bucket/runs``) is returned as it is, a folder as an absolute path.
+    """
+    location = os.environ.get(STORAGE_ENV_VAR) or "raytrainer_runs"
+    return location if is_uri(location) else str(Path(location).absolute())
+
+
 def default_storage_root() -> Path:
-    """Return the default storage root: ``$RAYTRAINER_STORAGE`` or ``./raytrainer_runs``."""
-    return Path(os.environ.get(STORAGE_ENV_VAR) or "raytrainer_runs").absolute()
+    """Return the default storage root as a local folder.
+
+    Raises
+    ------
+    ConfigError
+        If ``$RAYTRAINER_STORAGE`` is a URI, which a local ``Path`` cannot hold.
+    """
+    location = default_storage_location()
+    if is_uri(location):
+        raise ConfigError(
+            f"{STORAGE_ENV_VAR}={location!r} is a URI; this needs a local folder. "
+            "Pass the URI as storage_path instead."
+        )
+    return Path(location)
 
 
 class ProgressBar(Protocol):

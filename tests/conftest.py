@@ -48,3 +48,93 @@ def quiet_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Capture raytrainer's log records at INFO."""
     caplog.set_level(logging.INFO, logger="raytrainer")
     return caplog
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on loopback, with a bucket ``raytrainer``.
+
+    Sets the AWS variables in this process before Ray starts, so Ray workers inherit them as
+    they would on a cluster with credentials in the environment.
+    """
+    import os
+    import subprocess
+
+    import pyarrow.fs as pafs
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in server.stdout:  # blocks until the server says it is listening
+        if "Running on" in line:
+            break
+    else:
+        raise RuntimeError("moto_server exited before listening")
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    os.environ.update(env)
+    fs = pafs.S3FileSystem(
+        endpoint_override=f"127.0.0.1:{port}",
+        scheme="http",
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
+    fs.create_dir("raytrainer")
+    yield fs
+    server.terminate()
+    server.wait(timeout=30)
+    for key in env:
+        os.environ.pop(key, None)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server, tmp_path_factory):
+    """One local Ray instance for the whole session, with the dashboard for ``ray job``.
+
+    Returns the dashboard address. Its temp dir is short: Ray rejects socket paths over 107
+    bytes. Stopped with ``ray.shutdown()``, which stops only this instance.
+    """
+    import os
+    import tempfile
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the same for this head and `ray job` clients
+    os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
+    # Jobs' entrypoints (`raytrainer ...`) run with the head's PATH: put this venv first.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests")])
+    import ray
+
+    dashboard_port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    context = ray.init(
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        _temp_dir=temp_dir,
+        logging_level="WARNING",
+    )
+    yield {
+        "gcs": context.address_info["gcs_address"],
+        "dashboard": f"http://127.0.0.1:{dashboard_port}",
+    }
+    ray.shutdown()

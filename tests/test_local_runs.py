@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers.gated import GATE_ENV, make_gate, wait_for_gate
 
 from raytrainer import ExperimentSettings, build_trainer, load_hyper_params, run_local
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
@@ -48,16 +49,15 @@ def test_sigkill_then_rerun_resumes_bitwise(tmp_path, config_file):
     assert code == 0, err
 
     storage = tmp_path / "killed"
-    fifo = tmp_path / "gate"
-    os.mkfifo(fifo)
+    gate = make_gate(tmp_path / "gate", 20)
     proc = _cli(
         [*args, "--storage-path", storage],
         tmp_path,
-        {"RAYTRAINER_TEST_GATE": f"20:{fifo}"},
-        stdout=subprocess.PIPE,
+        {GATE_ENV: gate},
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    assert proc.stdout.readline().strip() == "GATE 20"  # blocks until checkpoint 20 is saved
+    assert wait_for_gate(tmp_path / "gate") == (20, proc.pid)  # checkpoint 20 is saved
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     (run_dir,) = storage.iterdir()

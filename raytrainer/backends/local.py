@@ -11,7 +11,8 @@ from typing import Any, Literal
 from raytrainer.backends.base import COMPLETE_FILE, Backend
 from raytrainer.checkpoint.layout import apply_retention, list_checkpoints
 from raytrainer.errors import ConfigError
-from raytrainer.settings import ExperimentSettings, default_storage_root
+from raytrainer.settings import ExperimentSettings, default_storage_location
+from raytrainer.storage import is_uri
 
 
 class LocalBackend(Backend):
@@ -54,13 +55,13 @@ class LocalBackend(Backend):
         ConfigError
             If ``settings.storage_path`` is a URI: in-process runs write to a local folder.
         """
-        storage = settings.storage_path
-        if storage is not None and "://" in storage and not storage.startswith("file://"):
+        location = settings.storage_path or default_storage_location()
+        if is_uri(location):
             raise ConfigError(
-                f"storage_path={storage!r}: the in-process runner writes to a local folder; "
+                f"storage_path={location!r}: the in-process runner writes to a local folder; "
                 "use a local path, or run on Ray for cloud storage."
             )
-        root = Path(storage.removeprefix("file://")) if storage else default_storage_root()
+        root = Path(location.removeprefix("file://"))
         return cls(
             root / run_id,
             num_to_keep=settings.num_to_keep,

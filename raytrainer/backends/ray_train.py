@@ -48,23 +48,26 @@ class RayTrainBackend(Backend):
         return self._staging_dir
 
     def checkpoint_candidates(self) -> Iterator[Path]:
-        """Yield Ray's latest checkpoint, then older ones found in storage, newest first.
+        """Yield the run's checkpoints in storage, newest first, as local folders.
 
-        Ray registers only fully reported checkpoints; the older ones are the fallback when the
-        latest fails its digests.
+        ``ray.train.get_checkpoint()`` names the newest checkpoint the controller registered,
+        but a worker killed right after ``report`` returned may have left a newer one fully in
+        storage that the controller has not yet seen; digests make it safe to use, so the
+        newest that verifies wins and no finished work is redone.
         """
-        latest = ray.train.get_checkpoint()
-        newest_iteration = None
-        if latest is not None:
-            newest_iteration = parse_iteration(Path(latest.path).name)
-            with latest.as_directory() as directory:
-                yield Path(directory)
         names = [n for n in storage.list_dirs(self.storage_uri) if parse_iteration(n) is not None]
+        registered = ray.train.get_checkpoint()
+        if registered is not None and Path(registered.path).name not in names:
+            names.append(Path(registered.path).name)
         for name in sorted(names, key=parse_iteration, reverse=True):
-            if newest_iteration is not None and parse_iteration(name) >= newest_iteration:
-                continue
-            local = self.staging_dir / "restore" / name
-            yield storage.download_dir(storage.join(self.storage_uri, name), local)
+            location = storage.join(self.storage_uri, name)
+            if not storage.is_uri(location):
+                yield Path(location)
+            elif registered is not None and Path(registered.path).name == name:
+                with registered.as_directory() as directory:
+                    yield Path(directory)
+            else:
+                yield storage.download_dir(location, self.staging_dir / "restore" / name)
 
     def persist(self, directory: Path | None, iteration: int, metrics: Mapping[str, Any]) -> str:
         """Report the checkpoint (every rank: a barrier); rank 0 passes the folder it wrote.
@@ -93,19 +96,20 @@ class ProgressActor:
 
     def __init__(self) -> None:
         self.total = 0
+        self.initial = 0
         self.n = 0
 
     def start(self, total: int, initial: int) -> None:
         """Set the total and the starting position (a resumed run starts where it was)."""
-        self.total, self.n = total, initial
+        self.total, self.initial, self.n = total, initial, initial
 
     def update(self, n: int) -> None:
         """Advance by ``n``."""
         self.n += n
 
-    def get(self) -> tuple[int, int]:
-        """Return ``(total, n)``."""
-        return self.total, self.n
+    def get(self) -> tuple[int, int, int]:
+        """Return ``(total, initial, n)``."""
+        return self.total, self.initial, self.n
 
 
 class _RemoteBar:
@@ -176,15 +180,15 @@ class DriverProgress:
 
     def _refresh(self) -> None:
         try:
-            total, n = ray.get(self._actor.get.remote(), timeout=10)
+            total, initial, n = ray.get(self._actor.get.remote(), timeout=10)
         except (ray.exceptions.RayError, TimeoutError):
             return
         if total == 0:
             return
         if self._bar is None:
-            self._bar = self._factory(total=total, initial=n, desc=self._desc)
-            self._shown = n
-        elif n != self._shown:
+            self._bar = self._factory(total=total, initial=initial, desc=self._desc)
+            self._shown = initial
+        if n != self._shown:
             self._bar.update(n - self._shown)
             self._shown = n
 

@@ -1,16 +1,36 @@
 """The example trainer plus a test gate: it can stop dead after a chosen checkpoint.
 
-When ``RAYTRAINER_TEST_GATE`` is ``"<iteration>:<fifo path>"``, the trainer prints
-``GATE <iteration>`` after saving that checkpoint and then blocks opening the FIFO, so a test
-can SIGKILL it at a known point without sleeping. Without the variable it is the example.
+When ``RAYTRAINER_TEST_GATE`` is ``"<iteration>:<folder>"``, rank 0 writes
+``GATE <iteration> <pid>`` into the FIFO ``<folder>/out`` after saving that checkpoint, then
+blocks opening the FIFO ``<folder>/hold``, which nobody opens. A test reads the line (a
+blocking read, no sleep) and kills the process it names, or its driver, at a known point.
+Without the variable this is the example trainer.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+from pathlib import Path
 
 from examples.regression import RegressionTrainer
+
+GATE_ENV = "RAYTRAINER_TEST_GATE"
+
+
+def make_gate(folder: Path, iteration: int) -> str:
+    """Create the two FIFOs in ``folder``; return the value for ``RAYTRAINER_TEST_GATE``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "out")
+    os.mkfifo(folder / "hold")
+    return f"{iteration}:{folder}"
+
+
+def wait_for_gate(folder: Path) -> tuple[int, int]:
+    """Block until the trainer reaches the gate; return ``(iteration, pid)``."""
+    with open(folder / "out") as fifo:
+        word, iteration, pid = fifo.readline().split()
+    assert word == "GATE"
+    return int(iteration), int(pid)
 
 
 class GatedRegressionTrainer(RegressionTrainer):
@@ -18,11 +38,14 @@ class GatedRegressionTrainer(RegressionTrainer):
 
     def save_checkpoint(self, log: bool = True) -> None:
         super().save_checkpoint(log)
-        gate = os.environ.get("RAYTRAINER_TEST_GATE")
-        if gate:
-            iteration, fifo = gate.split(":", 1)
-            if self.iteration == int(iteration):
-                print(f"GATE {self.iteration}", flush=True)
-                sys.stdout.flush()
-                with open(fifo):  # blocks until the test opens the other end (it never does)
-                    pass
+        gate = os.environ.get(GATE_ENV)
+        if not gate or not self.settings.is_rank_zero:
+            return
+        iteration, folder = gate.split(":", 1)
+        fired = Path(folder) / "fired"
+        if self.iteration == int(iteration) and not fired.exists():
+            fired.touch()  # once: a resumed run may pass this iteration again
+            with open(Path(folder) / "out", "w") as fifo:
+                fifo.write(f"GATE {self.iteration} {os.getpid()}\n")
+            with open(Path(folder) / "hold"):  # blocks until killed
+                pass

@@ -1,0 +1,194 @@
+"""The same trainer as Ray Train workers: equality with in-process, worker and driver kills,
+S3 storage, and the driver's progress bar. One Ray instance serves the module."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+import yaml
+from helpers.gated import GATE_ENV, make_gate, wait_for_gate
+from test_trainer_api import Recorder
+
+from raytrainer import ExperimentSettings, Scaling, load_hyper_params, run, run_local
+from raytrainer.checkpoint import list_checkpoints, read_checkpoint
+from raytrainer.storage import download_dir
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(600)
+
+
+def _config(tiny_config):
+    return {**tiny_config, "num_iterations": 40}
+
+
+def _final_model(run_dir: Path) -> dict:
+    return read_checkpoint(list_checkpoints(run_dir)[-1]).state["model"]
+
+
+def _settings(storage, **kw):
+    return ExperimentSettings(storage_path=str(storage), checkpoint_period=10, **kw)
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_cluster, tmp_path_factory):
+    """An uninterrupted 2-worker run: the reference for the tests below."""
+    from conftest import tiny_config as tiny  # the fixture's function, called directly
+
+    hp = load_hyper_params(_config(tiny.__wrapped__()))
+    storage = tmp_path_factory.mktemp("two_workers")
+    recorder = Recorder()
+    result = run(hp, _settings(storage, progress_bar_factory=recorder), Scaling(num_workers=2))
+    return hp, storage, result, recorder
+
+
+def test_two_workers_keep_the_layout_and_draw_one_bar(two_workers):
+    hp, storage, result, recorder = two_workers
+    run_dir = storage / result.run_id
+    assert result.iteration == 40 and set(result.metrics) == {"loss"}
+    assert [p.name for p in list_checkpoints(run_dir)] == [
+        "checkpoint_000020",
+        "checkpoint_000030",
+        "checkpoint_000040",
+    ]  # num_to_keep=3 through Ray's CheckpointConfig
+    final = read_checkpoint(run_dir / "checkpoint_000040")
+    assert final.metadata["world_size"] == 2
+    assert sorted(final.state["_rng"]) == [0, 1]  # every rank's generators, kept by rank 0
+    assert (run_dir / "complete.json").is_file()
+    assert recorder.bars == [{"total": 40, "initial": 0, "n": 40, "closed": True}]
+
+    again = run(hp, _settings(storage), Scaling(num_workers=2))
+    assert again.already_complete and again.iteration == 40
+
+
+def test_two_workers_match_in_process_on_the_same_global_batch(ray_cluster, tiny_config, tmp_path):
+    # Without dropout: per-sample random masks cannot match across world sizes.
+    hp = load_hyper_params({**_config(tiny_config), "dropout": 0.0})
+    quiet = {"progress_bar_factory": None}
+    ray_result = run(hp, _settings(tmp_path / "ray", **quiet), Scaling(num_workers=2))
+    local_result = run_local(hp, _settings(tmp_path / "local", **quiet))
+    on_ray = _final_model(tmp_path / "ray" / ray_result.run_id)
+    in_process = _final_model(tmp_path / "local" / local_result.run_id)
+    assert list(on_ray) == list(in_process)
+    for key, value in on_ray.items():  # gloo's all-reduce order differs: float tolerance
+        torch.testing.assert_close(value, in_process[key], rtol=1e-4, atol=1e-5)
+
+
+def test_sigkilled_worker_resumes_bitwise(two_workers, tmp_path):
+    hp, ref_storage, ref, _ = two_workers
+    gate = make_gate(tmp_path / "gate", 20)
+    killed = []
+
+    def kill_at_gate():
+        iteration, pid = wait_for_gate(tmp_path / "gate")
+        os.kill(pid, signal.SIGKILL)
+        killed.append(iteration)
+
+    killer = threading.Thread(target=kill_at_gate, daemon=True)
+    killer.start()
+    settings = _settings(
+        tmp_path / "runs", max_failures=1, worker_env={GATE_ENV: gate}, progress_bar_factory=None
+    )
+    result = run(hp, settings, Scaling(num_workers=2))
+    killer.join(timeout=5)
+    assert killed == [20]
+    assert result.iteration == 40
+    reference = _final_model(ref_storage / ref.run_id)
+    resumed = _final_model(tmp_path / "runs" / result.run_id)
+    for key, value in reference.items():
+        assert torch.equal(value, resumed[key]), key
+
+
+def test_killed_driver_resumes_from_s3(ray_cluster, s3_server, tmp_path, two_workers):
+    hp, ref_storage, ref, _ = two_workers
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(hp.to_dict()))
+    uri = "s3://raytrainer/driver-kill"
+    args = [
+        sys.executable,
+        "-m",
+        "raytrainer.cli",
+        "run",
+        str(config),
+        "--num-workers",
+        "2",
+        "--storage-path",
+        uri,
+        "--checkpoint-period",
+        "10",
+        "--no-progress",
+        "--address",
+        ray_cluster["gcs"],
+    ]
+    gate = make_gate(tmp_path / "gate", 20)
+    driver = subprocess.Popen(
+        [*args, "--worker-env", f"{GATE_ENV}={gate}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert wait_for_gate(tmp_path / "gate")[0] == 20
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    prefix = f"raytrainer/driver-kill/{ref.run_id}"
+    listed = s3_server.get_file_info(pafs.FileSelector(prefix))
+    assert f"{prefix}/checkpoint_000020" in {i.path for i in listed}
+    assert f"{prefix}/complete.json" not in {i.path for i in listed}
+
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming run {ref.run_id}" in done.stdout + done.stderr
+    assert "complete at iteration 40" in done.stdout
+    local = download_dir(f"s3://{prefix}/checkpoint_000040", tmp_path / "from_s3")
+    resumed = read_checkpoint(local).state["model"]
+    reference = _final_model(ref_storage / ref.run_id)
+    for key, value in reference.items():
+        assert torch.equal(value, resumed[key]), key
+
+
+def test_ray_job_submit_runs_the_example(ray_cluster, tmp_path):
+    storage = tmp_path / "job_runs"  # absolute: the job's working directory is temporary
+    command = [
+        str(Path(sys.executable).parent / "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_cluster["dashboard"],
+        "--working-dir",
+        str(REPO),
+        "--",
+        "raytrainer",
+        "run",
+        "examples/regression.yaml",
+        "--num-workers",
+        "2",
+        "--set",
+        "num_iterations=30",
+        "--set",
+        "num_samples=512",
+        "--set",
+        "hidden_dim=16",
+        "--checkpoint-period",
+        "10",
+        "--storage-path",
+        str(storage),
+        "--no-progress",
+    ]
+    job = subprocess.run(command, capture_output=True, text=True, timeout=500)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in job.stdout.lower()
+    (run_dir,) = storage.iterdir()
+    assert [p.name for p in list_checkpoints(run_dir)] == [
+        "checkpoint_000010",
+        "checkpoint_000020",
+        "checkpoint_000030",
+    ]
+    assert read_checkpoint(run_dir / "checkpoint_000030").metadata["world_size"] == 2
+    assert (run_dir / "complete.json").is_file()
