@@ -58,6 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-load", action="store_true", help="start from scratch")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    run.add_argument(
+        "--wandb-mode",
+        choices=["online", "offline", "disabled"],
+        default=os.environ.get("WANDB_MODE", "offline"),
+        help="W&B mode (default: $WANDB_MODE, else offline)",
+    )
+    run.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT"))
+    run.add_argument("--wandb-entity", default=os.environ.get("WANDB_ENTITY"))
+    run.add_argument("--wandb-group", default=os.environ.get("WANDB_RUN_GROUP"))
+    run.add_argument(
+        "--wandb-tag", dest="wandb_tags", action="append", default=[], help="repeatable"
+    )
+
     ckpt = sub.add_parser("checkpoints", help="list and describe checkpoints")
     ckpt_sub = ckpt.add_subparsers(dest="action", required=True)
     ls = ckpt_sub.add_parser("ls", help="list a run's checkpoints")
@@ -88,12 +101,19 @@ def _run(args: argparse.Namespace) -> int:
         do_not_load_checkpoint=args.no_load,
         max_failures=args.max_failures,
         worker_env=worker_env,
+        wandb_mode=args.wandb_mode,
+        wandb_project=args.wandb_project,
+        wandb_entity=args.wandb_entity,
+        wandb_group=args.wandb_group,
+        wandb_tags=tuple(args.wandb_tags),
     )
     if args.local:
         result = run_local(hyper_params, settings)
     else:
         scaling = Scaling(args.num_workers, args.gpus_per_worker, args.cpus_per_worker)
         result = run(hyper_params, settings, scaling, address=args.address)
+    if result.unmirrored:
+        print(f"not mirrored to W&B (safe in storage): {', '.join(result.unmirrored)}")
     state = "already complete" if result.already_complete else "complete"
     print(f"run {result.run_id} {state} at iteration {result.iteration}: {result.storage_uri}")
     return 0

@@ -97,6 +97,38 @@ class RunResult:
     iteration: int
     metrics: dict[str, float] = field(default_factory=dict)
     already_complete: bool = False
+    unmirrored: list[str] = field(default_factory=list)
+    """Checkpoints and artifacts the W&B mirror could not upload (they are safe in storage)."""
+
+
+COMPLETE_FILE = "complete.json"
+"""Written into the run folder when a run finishes; a rerun then has nothing to do."""
+
+
+def _already_complete(run_uri: str, run_id: str, settings: ExperimentSettings) -> RunResult | None:
+    """The result of a run that finished before (its ``complete.json``), or ``None``."""
+    summary = None if settings.test_run else storage.read_json(storage.join(run_uri, COMPLETE_FILE))
+    if summary is None:
+        return None
+    settings.get_logger().info("run %s is already complete in %s; nothing to do.", run_id, run_uri)
+    return RunResult(
+        run_id,
+        run_uri,
+        summary.get("iteration", 0),
+        summary.get("metrics", {}),
+        already_complete=True,
+    )
+
+
+def _mark_complete(run_uri: str, result: RunResult, settings: ExperimentSettings) -> None:
+    if not settings.test_run:
+        storage.write_json(
+            storage.join(run_uri, COMPLETE_FILE),
+            {"run_id": result.run_id, "iteration": result.iteration, "metrics": result.metrics},
+        )
+    settings.get_logger().info(
+        "run %s finished at iteration %d: %s", result.run_id, result.iteration, result.metrics
+    )
 
 
 def run_local(hyper_params: HyperParameters, settings: ExperimentSettings) -> RunResult:
@@ -108,26 +140,19 @@ def run_local(hyper_params: HyperParameters, settings: ExperimentSettings) -> Ru
     """
     run_id = settings.run_id or hyper_params.default_run_id()
     backend = settings.backend or LocalBackend.from_settings(settings, run_id)
-    logger = settings.get_logger()
-    summary = None if settings.test_run else backend.completed_summary()
-    if summary is not None:
-        logger.info("run %s is already complete in %s; nothing to do.", run_id, backend.storage_uri)
-        return RunResult(
-            run_id,
-            backend.storage_uri,
-            summary.get("iteration", 0),
-            summary.get("metrics", {}),
-            already_complete=True,
-        )
+    done = _already_complete(backend.storage_uri, run_id, settings)
+    if done is not None:
+        return done
     settings = dataclasses.replace(settings, run_id=run_id, backend=backend)
     trainer = build_trainer(hyper_params, settings)
-    trainer.train()
-    result = RunResult(run_id, backend.storage_uri, trainer.iteration, dict(trainer.metrics))
-    if not settings.test_run:
-        backend.mark_complete(
-            {"run_id": run_id, "iteration": result.iteration, "metrics": result.metrics}
-        )
-    logger.info("run %s finished at iteration %d: %s", run_id, result.iteration, result.metrics)
+    try:
+        trainer.train()
+    finally:
+        unmirrored = trainer.close()
+    result = RunResult(
+        run_id, backend.storage_uri, trainer.iteration, dict(trainer.metrics), False, unmirrored
+    )
+    _mark_complete(backend.storage_uri, result, settings)
     return result
 
 
@@ -191,6 +216,9 @@ def run(
     run_id = settings.run_id or hyper_params.default_run_id()
     root = settings.storage_path or default_storage_location()
     storage_fs, storage_path = storage.resolve(root)
+    done = _already_complete(storage.join(root, run_id), run_id, settings)
+    if done is not None:  # checked before Ray starts: a finished run costs nothing
+        return done
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints shown once
 
     import ray
@@ -218,21 +246,9 @@ def _fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raytrainer.backends.ray_train import DriverProgress, ProgressActor, RayTrainBackend
+    from raytrainer.backends.ray_train import DriverProgress, ProgressActor
 
-    logger = settings.get_logger()
-    backend = RayTrainBackend(run_id, root)  # the driver uses its storage side only
-    summary = None if settings.test_run else backend.completed_summary()
-    if summary is not None:
-        logger.info("run %s is already complete in %s; nothing to do.", run_id, backend.storage_uri)
-        return RunResult(
-            run_id,
-            backend.storage_uri,
-            summary.get("iteration", 0),
-            summary.get("metrics", {}),
-            already_complete=True,
-        )
-
+    run_uri = storage.join(root, run_id)
     actor_name = f"raytrainer-progress-{run_id}-{uuid.uuid4().hex[:6]}"
     actor = ProgressActor.options(name=actor_name).remote()
     worker_settings = dataclasses.replace(settings, run_id=run_id).to_worker_config()
@@ -277,16 +293,15 @@ def _fit(
     except ray.train.TrainingFailedError as exc:
         raise RunFailedError(
             f"run {run_id} failed after {settings.max_failures} restart(s); the last good "
-            f"checkpoint is in {backend.storage_uri}. Workers reported:\n{exc}"
+            f"checkpoint is in {run_uri}. Workers reported:\n{exc}"
         ) from exc
     finally:
         ray.kill(actor)
-    metrics = {k: v for k, v in (result.metrics or {}).items() if k != "iteration"}
-    iteration = int((result.metrics or {}).get("iteration", 0))
-    out = RunResult(run_id, backend.storage_uri, iteration, metrics)
-    if not settings.test_run:
-        backend.mark_complete({"run_id": run_id, "iteration": iteration, "metrics": metrics})
-    logger.info("run %s finished at iteration %d: %s", run_id, iteration, metrics)
+    final = dict(result.metrics or {})  # the workers' last report: see worker_loop
+    unmirrored = list(final.pop("unmirrored", []))
+    iteration = int(final.pop("iteration", 0))
+    out = RunResult(run_id, run_uri, iteration, final, False, unmirrored)
+    _mark_complete(run_uri, out, settings)
     return out
 
 

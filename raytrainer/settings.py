@@ -104,6 +104,8 @@ class ExperimentSettings:
         This process's place among the workers; set by the Ray runner.
     wandb_mode : {"disabled", "offline", "online"}
         W&B mode; the project, entity, tags and group follow it.
+    wandb_flush_timeout : float
+        Seconds the end of a run waits for the W&B mirror before reporting what it missed.
     """
 
     device: str = "cpu"
@@ -128,6 +130,7 @@ class ExperimentSettings:
     wandb_entity: str | None = None
     wandb_tags: tuple[str, ...] = field(default_factory=tuple)
     wandb_group: str | None = None
+    wandb_flush_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         _check(self.checkpoint_period >= 1, "checkpoint_period", self.checkpoint_period, ">= 1")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -22,6 +24,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 import torch.distributed as dist
 
+from raytrainer import storage
 from raytrainer._version import __version__
 from raytrainer.backends import Backend, LocalBackend
 from raytrainer.checkpoint.layout import (
@@ -31,10 +34,11 @@ from raytrainer.checkpoint.layout import (
     LoadedCheckpoint,
     checkpoint_dir_name,
     file_digest,
-    find_checkpoint,
     read_checkpoint,
     write_checkpoint,
 )
+from raytrainer.checkpoint.sources import fetch_base_run_checkpoint
+from raytrainer.checkpoint.wandb_mirror import CheckpointMirror, WandbClient
 from raytrainer.data import ShardedBatchSampler
 from raytrainer.errors import (
     CheckpointCorruptError,
@@ -144,6 +148,9 @@ class Trainer(ABC):
     hyper_params_cls: ClassVar[type[HyperParameters]] = HyperParameters
     """The hyper-parameter class of this trainer; configs are validated against it."""
 
+    wandb_client_cls: ClassVar[type[WandbClient]] = WandbClient
+    """The seam to W&B; swap it to change or stand in for every call to W&B."""
+
     def __init__(
         self,
         hyper_params: HyperParameters,
@@ -161,7 +168,9 @@ class Trainer(ABC):
         )
         self.iteration = 0
         self.metrics: dict[str, float] = {}
+        self._best_score: float | None = None
         self._progress_bar: ProgressBar | None = None
+        self._mirror = self._start_mirror()
 
         seed_everything(hyper_params.seed + settings.world_rank)
         self._build()
@@ -177,6 +186,41 @@ class Trainer(ABC):
             )
         else:
             self._initialise_state()
+
+    def _start_mirror(self) -> CheckpointMirror | None:
+        """Open the W&B mirror on rank 0 when W&B is enabled; its thread runs ``wandb.init``."""
+        settings = self.settings
+        if settings.wandb_mode == "disabled" or not settings.is_rank_zero:
+            return None
+        init_kwargs = {
+            "id": self.run_id,
+            "name": self.run_id,
+            "resume": "allow",
+            "project": settings.wandb_project or os.environ.get("WANDB_PROJECT") or "raytrainer",
+            "entity": settings.wandb_entity,
+            "mode": settings.wandb_mode,
+            "group": settings.wandb_group,
+            "tags": list(settings.wandb_tags) or None,
+            "config": self.hyper_params.to_dict(),
+            "settings": {"console": "off"},
+        }
+        return CheckpointMirror(
+            self.wandb_client_cls(),
+            init_kwargs,
+            self.checkpoint_base_dir / ".wandb-staging",
+            self.logger,
+        )
+
+    def close(self) -> list[str]:
+        """Flush the W&B mirror (waiting at most ``settings.wandb_flush_timeout`` seconds).
+
+        The runners call this after :meth:`train`. Returns the names of checkpoints and
+        artifacts that could not be mirrored (also logged as a warning).
+        """
+        if self._mirror is None:
+            return []
+        mirror, self._mirror = self._mirror, None
+        return mirror.close(self.settings.wandb_flush_timeout)
 
     # ------------------------------------------------------------------ hooks for subclasses
 
@@ -356,7 +400,11 @@ class Trainer(ABC):
             rngs = {self.settings.world_rank: rng}
         return {
             **state,
-            "_trainer": {"iteration": self.iteration, "metrics": dict(self.metrics)},
+            "_trainer": {
+                "iteration": self.iteration,
+                "metrics": dict(self.metrics),
+                "best_score": self._best_score,
+            },
             "_rng": rngs,
         }
 
@@ -365,6 +413,7 @@ class Trainer(ABC):
         rngs = state.pop("_rng")
         self.iteration = int(trainer_state["iteration"])
         self.metrics = dict(trainer_state["metrics"])
+        self._best_score = trainer_state.get("best_score")
         self._load_state_dict(state)
         own = rngs.get(self.settings.world_rank)
         if own is None or len(rngs) != self.settings.world_size:
@@ -432,12 +481,14 @@ class Trainer(ABC):
         """Load the experiment state from a base run checkpoint.
 
         The base run is ``hyper_params.base_run``: its ``run_id`` under its ``storage_path``
-        (default: the default storage root).
+        (a folder or URI), or, when it names a W&B ``project`` and no storage path, its
+        artifact ``entity/project/state_<run_id>:<version>``.
 
         Parameters
         ----------
         version : str, default="latest"
-            ``"latest"``, an iteration number, or a checkpoint folder name.
+            ``"latest"``, an iteration number, a checkpoint folder name, or (from W&B) an
+            alias or version such as ``"best"`` or ``"v3"``.
 
         Returns
         -------
@@ -454,9 +505,11 @@ class Trainer(ABC):
             raise CheckPointNotFoundError(
                 "no base run is configured; set the 'base_run' section of the hyper-parameters."
             )
-        root = Path(base.storage_path) if base.storage_path else default_storage_root()
-        directory = find_checkpoint(root / base.run_id, version)
-        loaded = read_checkpoint(directory, map_location=self.device)
+        with tempfile.TemporaryDirectory(prefix="raytrainer-base-") as workdir:
+            directory = fetch_base_run_checkpoint(
+                base, version, self.wandb_client_cls(), Path(workdir)
+            )
+            loaded = read_checkpoint(directory, map_location=self.device)
         self._check_loaded(loaded, compare_params=False)
         self.logger.info("warm start of run %s from base run checkpoint %s", self.run_id, directory)
         return loaded.state
@@ -506,15 +559,30 @@ class Trainer(ABC):
                 f"Recorded: {sorted(self.metrics) or 'none'}."
             )
         started = time.perf_counter()
+        is_best = False
+        if metric is not None:
+            score = self.metrics[metric] * (
+                1 if self.settings.checkpoint_score_order == "max" else -1
+            )
+            is_best = self._best_score is None or score > self._best_score
+            self._best_score = score if is_best else self._best_score
         state = self._full_state()
         metrics = {"iteration": self.iteration, **self.metrics}
-        directory = None
+        directory = staged = None
         if self.settings.is_rank_zero:
             metadata = {**self._get_metadata(), "metrics": metrics}
             directory = write_checkpoint(
                 self.checkpoint_dir, state, self.hyper_params.to_saved(), metadata
             )
+            digests = json.loads((directory / METADATA_FILE).read_text())["files"]
+            expected = storage.join(self.checkpoint_storage_uri, directory.name)
+            staged = self._mirror.stage(directory, expected) if self._mirror else None
         location = self.backend.persist(directory, self.iteration, metrics)
+        if self._mirror is not None:
+            self._mirror.log_metrics(metrics)
+            self._mirror.mirror_checkpoint(
+                staged, location, self.iteration, metrics, digests, is_best
+            )
         if log and self.settings.is_rank_zero:
             self.logger.info(
                 "saved checkpoint %s at iteration %d in %.3fs",
@@ -573,6 +641,8 @@ class Trainer(ABC):
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         tmp.rename(new)
+        if self._mirror is not None:
+            self._mirror.add_file_version(artifact_name, artifact_type, new, file_path.name)
 
     # ------------------------------------------------------------------ progress
 

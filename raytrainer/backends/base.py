@@ -13,9 +13,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-COMPLETE_FILE = "complete.json"
-"""Written into the run folder by the runner when a run finishes."""
-
 
 class Backend(ABC):
     """Where a run's checkpoints live, seen from one training process.
@@ -46,11 +43,3 @@ class Backend(ABC):
         Runs on every rank (under Ray it is a barrier); ``directory`` is the folder rank 0
         wrote, ``None`` on the other ranks. Blocks until the checkpoint is in storage.
         """
-
-    @abstractmethod
-    def completed_summary(self) -> dict[str, Any] | None:
-        """The summary the runner recorded when the run finished, or ``None`` if it has not."""
-
-    @abstractmethod
-    def mark_complete(self, summary: Mapping[str, Any]) -> None:
-        """Record that the run finished, with a small JSON summary. Runs on the driver."""

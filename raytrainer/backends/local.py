@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from raytrainer.backends.base import COMPLETE_FILE, Backend
+from raytrainer.backends.base import Backend
 from raytrainer.checkpoint.layout import apply_retention, list_checkpoints
 from raytrainer.errors import ConfigError
 from raytrainer.settings import ExperimentSettings, default_storage_location
@@ -83,15 +82,3 @@ class LocalBackend(Backend):
         ):
             self.logger.debug("retention removed %s", path)
         return str(directory)
-
-    def completed_summary(self) -> dict[str, Any] | None:
-        """Read ``complete.json`` from the run folder; ``None`` when there is none."""
-        try:
-            return json.loads((self.run_dir / COMPLETE_FILE).read_text())
-        except FileNotFoundError:
-            return None
-
-    def mark_complete(self, summary: Mapping[str, Any]) -> None:
-        """Write ``complete.json`` into the run folder."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / COMPLETE_FILE).write_text(json.dumps(dict(summary), indent=1))

@@ -19,7 +19,7 @@ import ray.train
 import ray.train.torch
 
 from raytrainer import storage
-from raytrainer.backends.base import COMPLETE_FILE, Backend
+from raytrainer.backends.base import Backend
 from raytrainer.checkpoint.layout import checkpoint_dir_name, parse_iteration
 from raytrainer.settings import ExperimentSettings, ProgressBar, ProgressBarFactory
 
@@ -80,14 +80,6 @@ class RayTrainBackend(Backend):
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
         return storage.join(self.storage_uri, name)
-
-    def completed_summary(self) -> dict[str, Any] | None:
-        """Read ``complete.json`` from the run's storage; ``None`` when the run is not done."""
-        return storage.read_json(storage.join(self.storage_uri, COMPLETE_FILE))
-
-    def mark_complete(self, summary: Mapping[str, Any]) -> None:
-        """Write ``complete.json`` into the run's storage (the driver does this)."""
-        storage.write_json(storage.join(self.storage_uri, COMPLETE_FILE), dict(summary))
 
 
 @ray.remote(num_cpus=0)
@@ -219,5 +211,12 @@ def worker_loop(config: dict[str, Any]) -> None:
     trainer = build_trainer(hyper_params, settings)
     try:
         trainer.train()
+        unmirrored = trainer.close()
+        # One last report from every rank (it is a barrier): the final metrics and what the
+        # W&B mirror could not upload reach the driver's result.
+        ray.train.report(
+            {"iteration": trainer.iteration, **trainer.metrics, "unmirrored": unmirrored}
+        )
     finally:
+        trainer.close()
         shutil.rmtree(trainer.backend.staging_dir, ignore_errors=True)

@@ -301,22 +301,33 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for it, p in sorted((it, p) for it, p in found if it is not None)]
 
 
-def find_checkpoint(run_dir: Path, version: str | int = "latest") -> Path:
-    """Return the folder for ``version``: ``"latest"``, an iteration, or a folder name."""
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
-        raise CheckPointNotFoundError(f"no checkpoints under {str(run_dir)!r}.")
+def select_checkpoint(names: list[str], version: str | int, where: str) -> str:
+    """Pick the folder name for ``version`` (``"latest"``, an iteration, a folder name).
+
+    Raises
+    ------
+    CheckPointNotFoundError
+        If no name matches; the message lists what there is.
+    """
+    ordered = sorted((n for n in names if parse_iteration(n) is not None), key=parse_iteration)
+    if not ordered:
+        raise CheckPointNotFoundError(f"no checkpoints under {where!r}.")
     if version == "latest":
-        return checkpoints[-1]
+        return ordered[-1]
     version = str(version)
-    iteration = parse_iteration(version) if not version.isdigit() else int(version)
-    for path in checkpoints:
-        if parse_iteration(path.name) == iteration:
-            return path
+    iteration = int(version) if version.isdigit() else parse_iteration(version)
+    for name in ordered:
+        if parse_iteration(name) == iteration:
+            return name
     raise CheckPointNotFoundError(
-        f"no checkpoint {version!r} under {str(run_dir)!r}; have "
-        f"{', '.join(p.name for p in checkpoints)}."
+        f"no checkpoint {version!r} under {where!r}; have {', '.join(ordered)}."
     )
+
+
+def find_checkpoint(run_dir: Path, version: str | int = "latest") -> Path:
+    """Return the local folder for ``version``: ``"latest"``, an iteration, or a folder name."""
+    names = [p.name for p in list_checkpoints(run_dir)]
+    return Path(run_dir) / select_checkpoint(names, version, str(run_dir))
 
 
 def apply_retention(

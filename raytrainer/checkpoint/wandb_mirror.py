@@ -1,0 +1,289 @@
+"""The W&B side of checkpoints: one client seam, and a mirror that never blocks training.
+
+Storage (a run folder or Ray's ``storage_path``) is the source of truth. Rank 0 mirrors every
+persisted checkpoint to a new version of the artifact ``state_<run_id>`` (type
+``checkpoint``; aliases ``latest``, ``iter-<n>`` and ``best``) from a background thread. The
+training thread only hard-links the checkpoint's files into the mirror's staging folder and
+enqueues them; W&B being slow, down or misconfigured costs retries and a warning, never a
+checkpoint. Every call that reaches W&B goes through :class:`WandbClient`, which a trainer can
+swap (``Trainer.wandb_client_cls``) — tests do, to stand in for a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raytrainer._version import __version__
+from raytrainer.storage import is_uri
+
+
+class WandbClient:
+    """Every call raytrainer makes to W&B. Subclass and set ``Trainer.wandb_client_cls``.
+
+    All methods may block on the network; the mirror calls them off the training thread.
+    """
+
+    def init(self, **kwargs: Any) -> Any:
+        """Open (or resume) a W&B run: ``wandb.init(**kwargs)``."""
+        import wandb
+
+        return wandb.init(**kwargs)
+
+    def log(self, run: Any, metrics: Mapping[str, Any]) -> None:
+        """Log metrics to the run."""
+        run.log(dict(metrics))
+
+    def log_artifact(self, run: Any, artifact: Any, aliases: list[str]) -> None:
+        """Log an artifact version with aliases."""
+        run.log_artifact(artifact, aliases=aliases)
+
+    def finish(self, run: Any) -> None:
+        """Close the run, uploading what is left."""
+        run.finish()
+
+    def use_artifact(self, run: Any, path: str) -> Any:
+        """Declare ``entity/project/name:version`` an input of the run and return it."""
+        return run.use_artifact(path)
+
+    def artifact_exists(self, path: str) -> bool:
+        """Whether ``entity/project/name:version`` exists (needs a W&B server)."""
+        import wandb
+
+        return wandb.Api().artifact_exists(path)
+
+    def download_artifact(self, path: str, root: Path) -> Path:
+        """Download ``entity/project/name:version`` into ``root`` (needs a W&B server)."""
+        import wandb
+
+        return Path(wandb.Api().artifact(path).download(root=str(root)))
+
+
+@dataclass
+class _Job:
+    name: str  # what the warnings call it: "checkpoint_000020" or "artifact rollouts:v1"
+    action: Callable[[Any], None]  # called with the W&B run
+    cleanup: Callable[[], None] = field(default=lambda: None)
+
+
+class CheckpointMirror:
+    """Mirrors checkpoints and files to W&B from a background thread (rank 0 only).
+
+    Parameters
+    ----------
+    client : WandbClient
+        The seam to W&B.
+    init_kwargs : dict
+        Arguments of ``wandb.init`` (id, project, mode, config, ...).
+    staging_dir : Path
+        Folder for hard links to the files waiting for upload.
+    logger : logging.Logger
+        Where warnings go.
+    max_attempts : int
+        Attempts per item before it is reported as not mirrored.
+    backoff : float
+        First retry delay in seconds; doubles per attempt, at most 30 s.
+    """
+
+    def __init__(
+        self,
+        client: WandbClient,
+        init_kwargs: dict[str, Any],
+        staging_dir: Path,
+        logger: logging.Logger,
+        max_attempts: int = 5,
+        backoff: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._init_kwargs = init_kwargs
+        self._staging = staging_dir
+        self._logger = logger
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.pending: list[str] = []
+        self.failed: list[str] = []
+        self.mirrored: list[str] = []
+        self._run: Any = None
+        self._thread = threading.Thread(target=self._work, name="raytrainer-wandb", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- training thread side
+
+    def stage(self, directory: Path, storage_uri: str) -> Path | None:
+        """Hard-link a written checkpoint's files for upload, before the backend persists it.
+
+        Returns ``None`` for a checkpoint kept on cloud storage: it is added by reference.
+        Hard links make retention (or Ray's staging clean-up) harmless to a queued upload.
+        """
+        if is_uri(storage_uri):
+            return None
+        return _link_tree(directory, self._staging / f"{directory.name}-{time.monotonic_ns()}")
+
+    def mirror_checkpoint(
+        self,
+        staged: Path | None,
+        storage_uri: str,
+        iteration: int,
+        metrics: Mapping[str, Any],
+        digests: Mapping[str, Any],
+        is_best: bool,
+    ) -> None:
+        """Queue a persisted checkpoint as a new version of ``state_<run_id>``; returns at once."""
+        name = storage_uri.rstrip("/").rsplit("/", 1)[-1]
+        artifact_name = f"state_{self._init_kwargs['id']}"
+        metadata = {
+            "iteration": iteration,
+            "metrics": dict(metrics),
+            "storage_uri": storage_uri,
+            "package_version": __version__,
+            "digests": {k: v["sha256"] for k, v in digests.items()},
+        }
+        aliases = ["latest", f"iter-{iteration}", *(["best"] if is_best else [])]
+
+        def action(run: Any) -> None:
+            import wandb
+
+            artifact = wandb.Artifact(artifact_name, type="checkpoint", metadata=metadata)
+            if staged is not None:
+                artifact.add_dir(str(staged))
+            else:
+                artifact.add_reference(storage_uri)
+            self._client.log_artifact(run, artifact, aliases)
+
+        cleanup = (lambda: shutil.rmtree(staged, ignore_errors=True)) if staged else _noop
+        self._submit(_Job(name, action, cleanup))
+
+    def log_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Queue metrics, logged against ``iteration``."""
+        self._submit(
+            _Job(
+                f"metrics at iteration {metrics.get('iteration')}",
+                lambda run: self._client.log(run, metrics),
+            )
+        )
+
+    def add_file_version(
+        self, name: str, artifact_type: str, version_dir: Path, file_name: str
+    ) -> None:
+        """Queue a new version of artifact ``name`` with ``file_name`` added.
+
+        Online, when W&B already has the artifact (``artifact_exists``), the file is added to
+        its latest version; otherwise the local version folder, which holds the previous local
+        versions' files and the new one, is logged.
+        """
+        staged = _link_tree(version_dir, self._staging / f"{name}-{time.monotonic_ns()}")
+
+        def action(run: Any) -> None:
+            import wandb
+
+            path = f"{run.entity}/{run.project}/{name}:latest"
+            online = self._init_kwargs.get("mode") == "online"
+            if online and self._client.artifact_exists(path):
+                artifact = self._client.use_artifact(run, path).new_draft()
+                artifact.add_file(str(staged / file_name), name=file_name, overwrite=True)
+            else:
+                artifact = wandb.Artifact(name, type=artifact_type)
+                artifact.add_dir(str(staged))
+            self._client.log_artifact(run, artifact, ["latest"])
+
+        self._submit(
+            _Job(
+                f"artifact {name}:{version_dir.name}",
+                action,
+                lambda: shutil.rmtree(staged, ignore_errors=True),
+            )
+        )
+
+    def close(self, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` seconds for the queue to drain; return what was not mirrored.
+
+        Warns naming each item that was not mirrored. Never raises.
+        """
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._stop.set()  # the thread may be stuck in a W&B call: leave it (daemon)
+        with self._lock:
+            missing = self.failed + self.pending
+        if missing:
+            self._logger.warning(
+                "W&B mirror: not mirrored after %.0fs: %s. They are safe in storage; "
+                "rerun with W&B reachable to mirror new checkpoints.",
+                timeout,
+                ", ".join(missing),
+            )
+        return missing
+
+    def _submit(self, job: _Job) -> None:
+        with self._lock:
+            self.pending.append(job.name)
+        self._queue.put(job)
+
+    # ---------------------------------------------------------------- background thread side
+
+    def _attempt(self, what: str, call: Callable[[], Any]) -> tuple[bool, Any]:
+        delay = self._backoff
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return True, call()
+            except Exception as exc:  # noqa: BLE001 - any W&B failure must not stop training
+                self._logger.warning(
+                    "W&B mirror: %s failed (attempt %d/%d): %s: %s",
+                    what,
+                    attempt,
+                    self._max_attempts,
+                    type(exc).__name__,
+                    exc,
+                )
+                if attempt < self._max_attempts and self._stop.wait(delay):
+                    break
+                delay = min(delay * 2, 30.0)
+        return False, None
+
+    def _work(self) -> None:
+        ok, self._run = self._attempt("wandb.init", lambda: self._client.init(**self._init_kwargs))
+        if ok:
+            ok, _ = self._attempt("define_metric", self._define_metrics)
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            done = ok and self._attempt(job.name, lambda job=job: job.action(self._run))[0]
+            job.cleanup()
+            with self._lock:
+                self.pending.remove(job.name)
+                (self.mirrored if done else self.failed).append(job.name)
+        if ok:
+            self._attempt("wandb finish", lambda: self._client.finish(self._run))
+
+    def _define_metrics(self) -> None:
+        # Steps are iterations, so a resumed run never logs a step W&B has already passed.
+        self._run.define_metric("iteration")
+        self._run.define_metric("*", step_metric="iteration")
+
+
+def _noop() -> None:
+    pass
+
+
+def _link_tree(source: Path, destination: Path) -> Path:
+    """Hard-link (or copy, across filesystems) every file of ``source`` into ``destination``."""
+    destination.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.is_file():
+            try:
+                os.link(path, destination / path.name)
+            except OSError:
+                shutil.copy2(path, destination / path.name)
+    return destination
