@@ -246,11 +246,11 @@ def _fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raytrainer.backends.ray_train import DriverProgress, ProgressActor
+    from raytrainer.backends.ray_train import DriverProgress, RunStatusActor
 
     run_uri = storage.join(root, run_id)
-    actor_name = f"raytrainer-progress-{run_id}-{uuid.uuid4().hex[:6]}"
-    actor = ProgressActor.options(name=actor_name).remote()
+    actor_name = f"raytrainer-status-{run_id}-{uuid.uuid4().hex[:6]}"
+    actor = RunStatusActor.options(name=actor_name).remote()
     worker_settings = dataclasses.replace(settings, run_id=run_id).to_worker_config()
     trainer = TorchTrainer(
         train_loop_per_worker=_worker_loop,
@@ -258,7 +258,7 @@ def _fit(
             "hyper_params": hyper_params.to_saved(),
             "settings": worker_settings,
             "storage_root": root,
-            "progress_actor": actor_name,
+            "status_actor": actor_name,
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -290,6 +290,7 @@ def _fit(
     try:
         with DriverProgress(actor, settings.progress_bar_factory, desc=run_id):
             result = trainer.fit()
+        unmirrored = ray.get(actor.get_unmirrored.remote())
     except ray.train.TrainingFailedError as exc:
         raise RunFailedError(
             f"run {run_id} failed after {settings.max_failures} restart(s); the last good "
@@ -297,8 +298,7 @@ def _fit(
         ) from exc
     finally:
         ray.kill(actor)
-    final = dict(result.metrics or {})  # the workers' last report: see worker_loop
-    unmirrored = list(final.pop("unmirrored", []))
+    final = dict(result.metrics or {})  # reported with the last checkpoint
     iteration = int(final.pop("iteration", 0))
     out = RunResult(run_id, run_uri, iteration, final, False, unmirrored)
     _mark_complete(run_uri, out, settings)

@@ -109,14 +109,14 @@ def test_ray_run_mirrors_every_checkpoint_offline(ray_cluster, tiny_config, tmp_
     assert best and json.loads(best[-1].metadata)["metrics"]["loss"] == min(losses)
 
     records = [r for p in (tmp_path / "wandb").rglob("run-*.wandb") for r in read_records(p)]
-    config = next(r.config for r in records if r.WhichOneof("record_type") == "config")
+    config = next(r.run.config for r in records if r.WhichOneof("record_type") == "run")
     assert {item.key for item in config.update} >= {"seed", "batch_size", "agents"}
     logged_steps = [
         json.loads(item.value_json)
         for r in records
         if r.WhichOneof("record_type") == "history"
         for item in r.history.item
-        if item.key == "iteration"
+        if (item.key or "/".join(item.nested_key)) == "iteration"
     ]
     assert logged_steps == [10, 20, 30]
     for path in [*run_dir.rglob("*"), *(tmp_path / "wandb").rglob("*")]:

@@ -1,7 +1,7 @@
 """The Ray Train backend: worker loop, checkpoints via ``ray.train.report``, driver progress.
 
 Process map: :func:`worker_loop` and :class:`RayTrainBackend` run in every Ray Train worker;
-:class:`ProgressActor` is a small actor; :class:`DriverProgress` runs a thread in the driver.
+:class:`RunStatusActor` is a small actor; :class:`DriverProgress` runs a thread in the driver.
 This module is imported only when a run goes to Ray, so in-process runs never import Ray.
 """
 
@@ -83,13 +83,22 @@ class RayTrainBackend(Backend):
 
 
 @ray.remote(num_cpus=0)
-class ProgressActor:
-    """Holds the run's progress: rank 0 pushes to it, the driver reads from it."""
+class RunStatusActor:
+    """What rank 0 tells the driver: progress as it goes, and what W&B missed at the end."""
 
     def __init__(self) -> None:
         self.total = 0
         self.initial = 0
         self.n = 0
+        self.unmirrored: list[str] = []
+
+    def set_unmirrored(self, names: list[str]) -> None:
+        """Record the checkpoints and artifacts the W&B mirror could not upload."""
+        self.unmirrored = list(names)
+
+    def get_unmirrored(self) -> list[str]:
+        """Return what :meth:`set_unmirrored` recorded."""
+        return self.unmirrored
 
     def start(self, total: int, initial: int) -> None:
         """Set the total and the starting position (a resumed run starts where it was)."""
@@ -126,12 +135,12 @@ def _remote_bar_factory(actor: Any) -> ProgressBarFactory:
 
 
 class DriverProgress:
-    """A driver thread that draws one bar from the :class:`ProgressActor`.
+    """A driver thread that draws one bar from the :class:`RunStatusActor`.
 
     Parameters
     ----------
     actor : ActorHandle
-        The run's progress actor.
+        The run's status actor.
     factory : ProgressBarFactory or None
         Builds the driver's bar; ``None`` draws nothing.
     desc : str
@@ -189,16 +198,15 @@ def worker_loop(config: dict[str, Any]) -> None:
     """The per-worker training function: build the scenario and the trainer, call ``train()``.
 
     Runs in every Ray Train worker. ``config`` holds the saved hyper-parameters, the plain
-    settings, the storage root and the progress actor's name.
+    settings, the storage root and the status actor's name.
     """
     from raytrainer.runner import build_trainer, load_hyper_params
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
     hyper_params = load_hyper_params(config["hyper_params"])
-    progress = None
-    if rank == 0 and config.get("progress_actor"):
-        progress = _remote_bar_factory(ray.get_actor(config["progress_actor"]))
+    status = ray.get_actor(config["status_actor"]) if rank == 0 else None
+    progress = _remote_bar_factory(status) if status is not None else None
     settings = ExperimentSettings(
         **config["settings"],
         device=str(ray.train.torch.get_device()),
@@ -212,11 +220,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     try:
         trainer.train()
         unmirrored = trainer.close()
-        # One last report from every rank (it is a barrier): the final metrics and what the
-        # W&B mirror could not upload reach the driver's result.
-        ray.train.report(
-            {"iteration": trainer.iteration, **trainer.metrics, "unmirrored": unmirrored}
-        )
+        if status is not None:
+            ray.get(status.set_unmirrored.remote(unmirrored))
     finally:
         trainer.close()
         shutil.rmtree(trainer.backend.staging_dir, ignore_errors=True)
