@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -219,3 +221,37 @@ def test_files_added_to_artifacts_are_mirrored(tiny_config, tmp_path, monkeypatc
         ["first.txt", "manifest.json", "second.txt"],
     ]
     assert all(a.type == "dataset" and "latest" in a.aliases for a in records)
+
+
+def test_cloud_checkpoints_are_mirrored_by_reference(s3_server, tmp_path, monkeypatch):
+    import pyarrow.fs as pafs
+
+    from raytrainer.checkpoint.wandb_mirror import CheckpointMirror
+
+    env = _wandb_env(tmp_path / "wandb")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])  # wandb's boto3
+    source = tmp_path / "checkpoint_000010"
+    source.mkdir()
+    (source / "model.pt").write_bytes(b"weights")
+    (source / "metadata.json").write_text("{}")
+    pafs.copy_files(
+        str(source),
+        "raytrainer/cloud/run/checkpoint_000010",
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=s3_server,
+    )
+    uri = "s3://raytrainer/cloud/run/checkpoint_000010"
+    mirror = CheckpointMirror(
+        WandbClient(),
+        {"id": "cloudrun", "mode": "offline", "project": "p", "settings": {"console": "off"}},
+        tmp_path / "staging",
+        logging.getLogger("raytrainer"),
+    )
+    assert mirror.stage(source, uri) is None  # nothing is copied for a cloud checkpoint
+    mirror.mirror_checkpoint(None, uri, 10, {"loss": 1.0}, {}, False)
+    assert mirror.close(60) == []
+    (artifact,) = artifact_records(tmp_path / "wandb")
+    refs = {e.path: e.ref for e in artifact.manifest.contents}
+    assert refs == {"model.pt": f"{uri}/model.pt", "metadata.json": f"{uri}/metadata.json"}
