@@ -252,6 +252,12 @@ class CheckpointMirror:
         return False, None
 
     def _work(self) -> None:
+        # Yield the CPU to training: a lower priority for this thread, inherited by the
+        # wandb-core process that wandb.init starts from it (Linux: threads are tasks).
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
         ok, self._run = self._attempt("wandb.init", lambda: self._client.init(**self._init_kwargs))
         if ok:
             ok, _ = self._attempt("define_metric", self._define_metrics)
