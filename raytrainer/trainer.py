@@ -202,6 +202,7 @@ class Trainer(ABC):
             "group": settings.wandb_group,
             "tags": list(settings.wandb_tags) or None,
             "config": self.hyper_params.to_dict(),
+            "dir": os.environ.get("WANDB_DIR"),  # read now: wandb keeps a process's first
             "settings": {"console": "off"},
         }
         return CheckpointMirror(

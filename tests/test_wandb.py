@@ -245,7 +245,13 @@ def test_cloud_checkpoints_are_mirrored_by_reference(s3_server, tmp_path, monkey
     uri = "s3://raytrainer/cloud/run/checkpoint_000010"
     mirror = CheckpointMirror(
         WandbClient(),
-        {"id": "cloudrun", "mode": "offline", "project": "p", "settings": {"console": "off"}},
+        {
+            "id": "cloudrun",
+            "mode": "offline",
+            "project": "p",
+            "dir": env["WANDB_DIR"],  # wandb keeps the first run's folders for the process
+            "settings": {"console": "off"},
+        },
         tmp_path / "staging",
         logging.getLogger("raytrainer"),
     )
