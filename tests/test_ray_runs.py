@@ -192,3 +192,13 @@ def test_ray_job_submit_runs_the_example(ray_cluster, tmp_path):
     ]
     assert read_checkpoint(run_dir / "checkpoint_000030").metadata["world_size"] == 2
     assert (run_dir / "complete.json").is_file()
+
+
+def test_a_worker_that_cannot_start_ends_the_run_with_its_error(ray_cluster, tiny_config, tmp_path):
+    from raytrainer import RunFailedError
+
+    hp = load_hyper_params({**tiny_config, "trainer": "helpers.gated:BrokenTrainer"})
+    with pytest.raises(RunFailedError) as info:
+        run(hp, _settings(tmp_path, progress_bar_factory=None), Scaling(num_workers=2))
+    assert "hidden_dim must be even" in str(info.value)
+    assert "failed after 0 restart(s)" in str(info.value)

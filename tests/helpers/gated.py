@@ -49,3 +49,10 @@ class GatedRegressionTrainer(RegressionTrainer):
                 fifo.write(f"GATE {self.iteration} {os.getpid()}\n")
             with open(Path(folder) / "hold"):  # blocks until killed
                 pass
+
+
+class BrokenTrainer(RegressionTrainer):
+    """Fails while building, as a trainer with a bad model definition would."""
+
+    def _build(self) -> None:
+        raise ValueError("the model definition is broken: hidden_dim must be even")
