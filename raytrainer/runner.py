@@ -7,6 +7,7 @@ hyper-parameters and settings and calls ``train()``; none holds training logic.
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -205,8 +206,6 @@ def run(
         When the workers fail more than ``settings.max_failures`` times; it carries the
         workers' error.
     """
-    import os
-
     scaling = scaling or Scaling()
     if hyper_params.batch_size % scaling.num_workers:
         raise ConfigError(
@@ -226,11 +225,30 @@ def run(
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+    settings = _with_wandb_folders(settings, on_this_machine=started and address is None)
     try:
         return _fit(hyper_params, settings, scaling, run_id, root, storage_fs, storage_path)
     finally:
         if started:
             ray.shutdown()
+
+
+_WANDB_FOLDERS = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")
+
+
+def _with_wandb_folders(settings: ExperimentSettings, on_this_machine: bool) -> ExperimentSettings:
+    """Give rank 0 the driver's W&B folders: a Ray worker's cwd is a temporary session folder.
+
+    The driver's ``WANDB_*DIR`` variables are passed on; on a Ray instance this driver started
+    (one machine), ``WANDB_DIR`` defaults to the driver's working directory, as in-process.
+    Entries of ``settings.worker_env`` win. The API key is never passed on by raytrainer.
+    """
+    if settings.wandb_mode == "disabled":
+        return settings
+    env = {name: os.environ[name] for name in _WANDB_FOLDERS if os.environ.get(name)}
+    if on_this_machine:
+        env.setdefault("WANDB_DIR", os.getcwd())
+    return dataclasses.replace(settings, worker_env={**env, **settings.worker_env})
 
 
 def _fit(
