@@ -80,6 +80,30 @@ def test_sigkill_then_rerun_resumes_bitwise(tmp_path, config_file):
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
+def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path, config_file):
+    args = [
+        "run",
+        config_file,
+        "--local",
+        "--checkpoint-period",
+        "10",
+        "--no-progress",
+        "--storage-path",
+        tmp_path / "runs",
+    ]
+    gate = make_gate(tmp_path / "gate", 20)
+    proc = _cli(args, tmp_path, {GATE_ENV: gate}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_gate(tmp_path / "gate")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted; run the same command again to resume" in err
+    assert "Traceback" not in err
+    code, out, err = _run_cli(args, tmp_path)
+    assert code == 0, err
+    assert "from " in err and "checkpoint_000020" in err and "resuming run" in err
+
+
 def test_corrupt_latest_checkpoint_falls_back_and_is_replaced(tmp_path, tiny_config, quiet_logs):
     hp = load_hyper_params(tiny_config)
     settings = ExperimentSettings(
