@@ -309,6 +309,10 @@ def _fit(
         with DriverProgress(actor, settings.progress_bar_factory, desc=run_id):
             result = trainer.fit()
         unmirrored = ray.get(actor.get_unmirrored.remote())
+    except SystemExit as exc:
+        # Ray Train's SIGINT handler aborts the controller and exits; to the caller this is
+        # a Ctrl-C like any other (the last checkpoint is intact; rerunning resumes).
+        raise KeyboardInterrupt from exc
     except ray.train.TrainingFailedError as exc:
         raise RunFailedError(
             f"run {run_id} failed after {settings.max_failures} restart(s); the last good "

@@ -202,3 +202,52 @@ def test_a_worker_that_cannot_start_ends_the_run_with_its_error(ray_cluster, tin
         run(hp, _settings(tmp_path, progress_bar_factory=None), Scaling(num_workers=2))
     assert "hidden_dim must be even" in str(info.value)
     assert "failed after 0 restart(s)" in str(info.value)
+
+
+def test_ctrl_c_on_the_driver_stops_cleanly_and_the_rerun_resumes(
+    ray_cluster, tmp_path, two_workers
+):
+    hp, ref_storage, ref, _ = two_workers
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(hp.to_dict()))
+    args = [
+        sys.executable,
+        "-m",
+        "raytrainer.cli",
+        "run",
+        str(config),
+        "--num-workers",
+        "2",
+        "--storage-path",
+        str(tmp_path / "runs"),
+        "--checkpoint-period",
+        "10",
+        "--no-progress",
+        "--address",
+        ray_cluster["gcs"],
+    ]
+    gate = make_gate(tmp_path / "gate", 20)
+    driver = subprocess.Popen(
+        [*args, "--worker-env", f"{GATE_ENV}={gate}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_gate(tmp_path / "gate")
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-3000:]
+    assert "interrupted; run the same command again to resume" in err
+    run_dir = tmp_path / "runs" / ref.run_id
+    assert not (run_dir / "complete.json").exists()
+
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming run {ref.run_id} from {run_dir / 'checkpoint_000020'}" in (
+        done.stdout + done.stderr
+    )
+    reference = _final_model(ref_storage / ref.run_id)
+    resumed = _final_model(run_dir)
+    for key, value in reference.items():
+        assert torch.equal(value, resumed[key]), key
