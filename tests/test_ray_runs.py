@@ -33,8 +33,44 @@ def _final_model(run_dir: Path) -> dict:
     return read_checkpoint(list_checkpoints(run_dir)[-1]).state["model"]
 
 
+def _assert_bitwise(reference: dict, resumed: dict) -> None:
+    assert list(reference) == list(resumed)
+    for key, value in reference.items():
+        assert torch.equal(value, resumed[key]), key
+
+
 def _settings(storage, **kw):
     return ExperimentSettings(storage_path=str(storage), checkpoint_period=10, **kw)
+
+
+def _cli_args(hp, storage: str, ray_cluster, tmp_path) -> list[str]:
+    """`raytrainer run` of ``hp`` on 2 workers of the test cluster, as a user would type it."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(hp.to_dict()))
+    return [
+        sys.executable,
+        "-m",
+        "raytrainer.cli",
+        "run",
+        str(config),
+        "--num-workers",
+        "2",
+        "--storage-path",
+        storage,
+        "--checkpoint-period",
+        "10",
+        "--no-progress",
+        "--address",
+        ray_cluster["gcs"],
+    ]
+
+
+def _start_gated_driver(args: list[str], tmp_path: Path, **popen) -> subprocess.Popen:
+    """Start the driver and return once rank 0 is blocked right after checkpoint 20."""
+    gate = make_gate(tmp_path / "gate", 20)
+    driver = subprocess.Popen([*args, "--worker-env", f"{GATE_ENV}={gate}"], cwd=REPO, **popen)
+    assert wait_for_gate(tmp_path / "gate")[0] == 20
+    return driver
 
 
 @pytest.fixture(scope="module")
@@ -102,39 +138,16 @@ def test_sigkilled_worker_resumes_bitwise(two_workers, tmp_path):
     assert result.iteration == 40
     reference = _final_model(ref_storage / ref.run_id)
     resumed = _final_model(tmp_path / "runs" / result.run_id)
-    for key, value in reference.items():
-        assert torch.equal(value, resumed[key]), key
+    _assert_bitwise(reference, resumed)
 
 
 def test_killed_driver_resumes_from_s3(ray_cluster, s3_server, tmp_path, two_workers):
     hp, ref_storage, ref, _ = two_workers
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(hp.to_dict()))
     uri = "s3://raytrainer/driver-kill"
-    args = [
-        sys.executable,
-        "-m",
-        "raytrainer.cli",
-        "run",
-        str(config),
-        "--num-workers",
-        "2",
-        "--storage-path",
-        uri,
-        "--checkpoint-period",
-        "10",
-        "--no-progress",
-        "--address",
-        ray_cluster["gcs"],
-    ]
-    gate = make_gate(tmp_path / "gate", 20)
-    driver = subprocess.Popen(
-        [*args, "--worker-env", f"{GATE_ENV}={gate}"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    args = _cli_args(hp, uri, ray_cluster, tmp_path)
+    driver = _start_gated_driver(
+        args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    assert wait_for_gate(tmp_path / "gate")[0] == 20
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
     prefix = f"raytrainer/driver-kill/{ref.run_id}"
@@ -149,8 +162,7 @@ def test_killed_driver_resumes_from_s3(ray_cluster, s3_server, tmp_path, two_wor
     local = download_dir(f"s3://{prefix}/checkpoint_000040", tmp_path / "from_s3")
     resumed = read_checkpoint(local).state["model"]
     reference = _final_model(ref_storage / ref.run_id)
-    for key, value in reference.items():
-        assert torch.equal(value, resumed[key]), key
+    _assert_bitwise(reference, resumed)
 
 
 def test_ray_job_submit_runs_the_example(ray_cluster, tmp_path):
@@ -208,33 +220,10 @@ def test_ctrl_c_on_the_driver_stops_cleanly_and_the_rerun_resumes(
     ray_cluster, tmp_path, two_workers
 ):
     hp, ref_storage, ref, _ = two_workers
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(hp.to_dict()))
-    args = [
-        sys.executable,
-        "-m",
-        "raytrainer.cli",
-        "run",
-        str(config),
-        "--num-workers",
-        "2",
-        "--storage-path",
-        str(tmp_path / "runs"),
-        "--checkpoint-period",
-        "10",
-        "--no-progress",
-        "--address",
-        ray_cluster["gcs"],
-    ]
-    gate = make_gate(tmp_path / "gate", 20)
-    driver = subprocess.Popen(
-        [*args, "--worker-env", f"{GATE_ENV}={gate}"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    args = _cli_args(hp, str(tmp_path / "runs"), ray_cluster, tmp_path)
+    driver = _start_gated_driver(
+        args, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    wait_for_gate(tmp_path / "gate")
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 130, err[-3000:]
@@ -249,5 +238,4 @@ def test_ctrl_c_on_the_driver_stops_cleanly_and_the_rerun_resumes(
     )
     reference = _final_model(ref_storage / ref.run_id)
     resumed = _final_model(run_dir)
-    for key, value in reference.items():
-        assert torch.equal(value, resumed[key]), key
+    _assert_bitwise(reference, resumed)
