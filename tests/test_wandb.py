@@ -261,3 +261,33 @@ def test_cloud_checkpoints_are_mirrored_by_reference(s3_server, tmp_path, monkey
     (artifact,) = artifact_records(tmp_path / "wandb")
     refs = {e.path: e.ref for e in artifact.manifest.contents}
     assert refs == {"model.pt": f"{uri}/model.pt", "metadata.json": f"{uri}/metadata.json"}
+
+
+def test_base_run_from_a_storage_uri(s3_server, tiny_config, tmp_path):
+    import pyarrow.fs as pafs
+
+    base = build_trainer(
+        load_hyper_params(tiny_config),
+        ExperimentSettings(
+            storage_path=str(tmp_path), checkpoint_period=10, progress_bar_factory=None
+        ),
+    )
+    base.train()
+    pafs.copy_files(
+        str(base.checkpoint_base_dir),
+        f"raytrainer/bases/{base.run_id}",
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=s3_server,
+    )
+    hp = load_hyper_params(
+        {
+            **tiny_config,
+            "num_iterations": 50,
+            "base_run": {"run_id": base.run_id, "storage_path": "s3://raytrainer/bases"},
+        }
+    )
+    warm = build_trainer(
+        hp, ExperimentSettings(storage_path=str(tmp_path / "new"), progress_bar_factory=None)
+    )
+    assert warm.iteration == 30  # "latest" in the bucket
+    assert torch.equal(warm.model[0].weight.detach(), base.model[0].weight.detach())
