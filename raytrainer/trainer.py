@@ -172,6 +172,15 @@ class Trainer(ABC):
         self._progress_bar: ProgressBar | None = None
         self._mirror = self._start_mirror()
 
+        try:
+            self._restore_or_initialise()
+        except BaseException:
+            if self._mirror is not None:  # nothing to flush yet: do not wait for W&B
+                self._mirror.close(timeout=0)
+            raise
+
+    def _restore_or_initialise(self) -> None:
+        settings, hyper_params = self.settings, self.hyper_params
         seed_everything(hyper_params.seed + settings.world_rank)
         self._build()
         if not (settings.do_not_load_checkpoint or settings.test_run):
