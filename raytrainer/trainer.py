@@ -581,10 +581,10 @@ class Trainer(ABC):
         directory = staged = None
         if self.settings.is_rank_zero:
             metadata = {**self._get_metadata(), "metrics": metrics}
-            directory = write_checkpoint(
-                self.checkpoint_dir, state, self.hyper_params.to_saved(), metadata
-            )
-            digests = json.loads((directory / METADATA_FILE).read_text())["files"]
+            directory = self.checkpoint_dir
+            digests = write_checkpoint(directory, state, self.hyper_params.to_saved(), metadata)[
+                "files"
+            ]
             expected = storage.join(self.checkpoint_storage_uri, directory.name)
             staged = self._mirror.stage(directory, expected) if self._mirror else None
         location = self.backend.persist(directory, self.iteration, metrics)

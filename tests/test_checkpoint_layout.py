@@ -36,7 +36,9 @@ def _state(scale: float = 1.0) -> dict:
 
 def _write(run_dir, iteration, metrics=None, scale=1.0):
     meta = {"iteration": iteration, "metrics": metrics or {}}
-    return write_checkpoint(run_dir / checkpoint_dir_name(iteration), _state(scale), PARAMS, meta)
+    directory = run_dir / checkpoint_dir_name(iteration)
+    assert write_checkpoint(directory, _state(scale), PARAMS, meta)["iteration"] == iteration
+    return directory
 
 
 def test_round_trip_splits_plain_and_tensor_state(tmp_path):

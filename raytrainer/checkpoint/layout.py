@@ -178,7 +178,7 @@ def write_checkpoint(
     state: Mapping[str, Any],
     hyper_params: Mapping[str, Any],
     metadata: Mapping[str, Any],
-) -> Path:
+) -> dict[str, Any]:
     """Write a complete checkpoint at ``directory``, atomically.
 
     The files go into a temporary sibling folder; ``metadata.json`` (with the digests) is
@@ -198,8 +198,8 @@ def write_checkpoint(
 
     Returns
     -------
-    Path
-        ``directory``.
+    dict
+        The metadata as written, with ``schema_version`` and the ``files`` digests.
     """
     if "iteration" not in metadata:
         raise ValueError("checkpoint metadata needs an 'iteration'.")
@@ -226,7 +226,7 @@ def write_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
+    return meta
 
 
 def verify_checkpoint(directory: Path) -> dict[str, Any]:
