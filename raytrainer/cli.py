@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--wandb-tag", dest="wandb_tags", action="append", default=[], help="repeatable"
     )
+    run.add_argument(
+        "--wandb-digest",
+        choices=["XXH128", "MD5"],
+        default="XXH128",
+        help="file digests of mirrored artifacts (MD5 for an old self-hosted W&B server)",
+    )
 
     ckpt = sub.add_parser("checkpoints", help="list and describe checkpoints")
     ckpt_sub = ckpt.add_subparsers(dest="action", required=True)
@@ -106,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
         wandb_entity=args.wandb_entity,
         wandb_group=args.wandb_group,
         wandb_tags=tuple(args.wandb_tags),
+        wandb_digest_algorithm=args.wandb_digest,
     )
     if args.local:
         result = run_local(hyper_params, settings)

@@ -219,6 +219,7 @@ class Trainer(ABC):
             init_kwargs,
             self.checkpoint_base_dir / ".wandb-staging",
             self.logger,
+            digest_algorithm=settings.wandb_digest_algorithm,
         )
 
     def close(self) -> list[str]:

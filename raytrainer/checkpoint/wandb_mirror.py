@@ -5,19 +5,26 @@ persisted checkpoint to a new version of the artifact ``state_<run_id>`` (type
 ``checkpoint``; aliases ``latest``, ``iter-<n>`` and ``best``) from a background thread. The
 training thread only hard-links the checkpoint's files into the mirror's staging folder and
 enqueues them; W&B being slow, down or misconfigured costs retries and a warning, never a
-checkpoint. Every call that reaches W&B goes through :class:`WandbClient`, which a trainer can
+checkpoint.
+
+The mirror is cheap for the CPU that training shares with it: W&B reads the staged hard links
+in place (``policy="immutable"``) instead of copying each file, and fingerprints them with
+XXH128 (about 1 ms for 16 MB) rather than MD5 (about 23 ms). Online, a staged folder is removed
+once W&B has stored its files; offline, it moves beside the offline run, where ``wandb sync``
+reads it. Every call that reaches W&B goes through :class:`WandbClient`, which a trainer can
 swap (``Trainer.wandb_client_cls``) — tests do, to stand in for a server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +50,10 @@ class WandbClient:
         run.log(dict(metrics))
 
     def log_artifact(self, run: Any, artifact: Any, aliases: list[str]) -> None:
-        """Log an artifact version with aliases."""
-        run.log_artifact(artifact, aliases=aliases)
+        """Log an artifact version with aliases; online, wait until W&B has stored its files."""
+        logged = run.log_artifact(artifact, aliases=aliases)
+        if not run.offline:
+            logged.wait()
 
     def finish(self, run: Any) -> None:
         """Close the run, uploading what is left."""
@@ -91,6 +100,8 @@ class CheckpointMirror:
         Attempts per item before it is reported as not mirrored.
     backoff : float
         First retry delay in seconds; doubles per attempt, at most 30 s.
+    digest_algorithm : {"XXH128", "MD5"}
+        How W&B fingerprints the files it mirrors.
     """
 
     def __init__(
@@ -101,9 +112,12 @@ class CheckpointMirror:
         logger: logging.Logger,
         max_attempts: int = 5,
         backoff: float = 1.0,
+        digest_algorithm: str = "XXH128",
     ) -> None:
         self._client = client
         self._init_kwargs = init_kwargs
+        self._online = init_kwargs.get("mode") == "online"
+        self._digest_algorithm = digest_algorithm
         self._staging = staging_dir
         self._logger = logger
         self._max_attempts = max_attempts
@@ -152,11 +166,9 @@ class CheckpointMirror:
         aliases = ["latest", f"iter-{iteration}", *(["best"] if is_best else [])]
 
         def action(run: Any) -> None:
-            import wandb
-
-            artifact = wandb.Artifact(artifact_name, type="checkpoint", metadata=metadata)
+            artifact = self._new_artifact(artifact_name, "checkpoint", metadata)
             if staged is not None:
-                artifact.add_dir(str(staged))
+                self._add_staged_files(run, artifact, staged)
             else:
                 artifact.add_reference(storage_uri)
             self._client.log_artifact(run, artifact, aliases)
@@ -185,16 +197,13 @@ class CheckpointMirror:
         staged = _link_tree(version_dir, self._staging / f"{name}-{time.monotonic_ns()}")
 
         def action(run: Any) -> None:
-            import wandb
-
             path = f"{run.entity}/{run.project}/{name}:latest"
-            online = self._init_kwargs.get("mode") == "online"
-            if online and self._client.artifact_exists(path):
+            if self._online and self._client.artifact_exists(path):
                 artifact = self._client.use_artifact(run, path).new_draft()
-                artifact.add_file(str(staged / file_name), name=file_name, overwrite=True)
+                self._add_staged_files(run, artifact, staged, only=file_name)
             else:
-                artifact = wandb.Artifact(name, type=artifact_type)
-                artifact.add_dir(str(staged))
+                artifact = self._new_artifact(name, artifact_type)
+                self._add_staged_files(run, artifact, staged)
             self._client.log_artifact(run, artifact, ["latest"])
 
         self._submit(
@@ -273,6 +282,34 @@ class CheckpointMirror:
         if ok:
             self._attempt("wandb finish", lambda: self._client.finish(self._run))
 
+    def _new_artifact(
+        self, name: str, artifact_type: str, metadata: dict[str, Any] | None = None
+    ) -> Any:
+        import wandb
+
+        with _quiet_wandb_warnings():
+            return wandb.Artifact(
+                name, type=artifact_type, metadata=metadata, digest_algorithm=self._digest_algorithm
+            )
+
+    def _add_staged_files(
+        self, run: Any, artifact: Any, staged: Path, only: str | None = None
+    ) -> None:
+        """Add staged files without copying them: W&B reads our hard links in place.
+
+        Online they stay until :meth:`WandbClient.log_artifact` has waited for the upload
+        (then the job's clean-up removes them). Offline nothing is uploaded before ``wandb
+        sync``, so they are linked beside the offline run first, where they stay.
+        """
+        folder = staged
+        if not self._online:
+            folder = Path(run.dir).parent / "raytrainer-staging" / staged.name
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+            _link_tree(staged, folder)
+        for path in sorted(folder.iterdir()):
+            if only is None or path.name == only:
+                artifact.add_file(str(path), name=path.name, policy="immutable", overwrite=True)
+
     def _define_metrics(self) -> None:
         # Steps are iterations, so a resumed run never logs a step W&B has already passed.
         self._run.define_metric("iteration")
@@ -281,6 +318,24 @@ class CheckpointMirror:
 
 def _noop() -> None:
     pass
+
+
+@contextlib.contextmanager
+def _quiet_wandb_warnings() -> Iterator[None]:
+    # wandb warns on *every* XXH128 artifact that wandb < 0.29 cannot verify it; raytrainer
+    # needs wandb >= 0.31, so that line per checkpoint would be noise. wandb keeps the switch
+    # in a module global; if a release renames it, the warning simply comes back.
+    from wandb.errors import term
+
+    shown = getattr(term, "_show_warnings", None)
+    if shown is None:
+        yield
+        return
+    term._show_warnings = False
+    try:
+        yield
+    finally:
+        term._show_warnings = shown
 
 
 def _link_tree(source: Path, destination: Path) -> Path:
