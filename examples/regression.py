@@ -87,17 +87,21 @@ class RegressionTrainer(Trainer):
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
 
+    def training_step(self) -> None:
+        """One optimiser step on this rank's share of the next global batch."""
+        idx = self.sampler.next_batch()
+        loss = nn.functional.mse_loss(self.model(self.x[idx]), self.y[idx])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        self.record_metrics(loss=loss.item())
+
     @attach_progress_bar(lambda self: self.hyper_params.num_iterations)
     def train(self, progress) -> None:
         self.model.train()
         while self.iteration < self.hyper_params.num_iterations:
-            idx = self.sampler.next_batch()
-            loss = nn.functional.mse_loss(self.model(self.x[idx]), self.y[idx])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.iteration += 1
-            self.record_metrics(loss=loss.item())
+            self.training_step()
             progress.step()
             if (
                 self.iteration % self.settings.checkpoint_period == 0
