@@ -116,7 +116,6 @@ class CheckpointMirror:
     ) -> None:
         self._client = client
         self._init_kwargs = init_kwargs
-        self._online = init_kwargs.get("mode") == "online"
         self._digest_algorithm = digest_algorithm
         self._staging = staging_dir
         self._logger = logger
@@ -198,7 +197,7 @@ class CheckpointMirror:
 
         def action(run: Any) -> None:
             path = f"{run.entity}/{run.project}/{name}:latest"
-            if self._online and self._client.artifact_exists(path):
+            if not run.offline and self._client.artifact_exists(path):
                 artifact = self._client.use_artifact(run, path).new_draft()
                 self._add_staged_files(run, artifact, staged, only=file_name)
             else:
@@ -302,7 +301,7 @@ class CheckpointMirror:
         sync``, so they are linked beside the offline run first, where they stay.
         """
         folder = staged
-        if not self._online:
+        if run.offline:  # decided by the run, as in WandbClient.log_artifact
             folder = Path(run.dir).parent / "raytrainer-staging" / staged.name
             shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
             _link_tree(staged, folder)
