@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/raytrainer run examples/regression.yaml --num-workers 2
+	$(BIN)/raytrainer run examples/regression.yaml --num-workers 2 --wandb-mode offline
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -61,7 +61,7 @@ class TurnTrainer(RegressionTrainer):
     def drain(self) -> float:
         """Wait until the mirror has handled every queued item; return the seconds waited."""
         start = time.perf_counter()
-        while self._mirror is not None and self._mirror.pending:
+        while self._checkpointer.mirror is not None and self._checkpointer.mirror.pending:
             time.sleep(0.001)
         return time.perf_counter() - start
 

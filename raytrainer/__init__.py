@@ -1,63 +1,62 @@
-"""raytrainer: research trainers that scale from one GPU to a Ray cluster unchanged."""
+"""raytrainer: research trainers that scale from one GPU to a Ray cluster unchanged.
 
-from raytrainer._version import __version__
-from raytrainer.backends import Backend, LocalBackend
-from raytrainer.data import ShardedBatchSampler
-from raytrainer.errors import (
-    CheckpointCorruptError,
-    CheckPointNotFoundError,
-    CheckpointStateError,
-    CheckpointVersionError,
-    ConfigError,
-    MetricError,
-    RayTrainerError,
-    RegistryError,
-    RunFailedError,
-)
-from raytrainer.params import AgentHyperParameters, HyperParameters, register_conversion
-from raytrainer.protocols import ProtocolHandler, register_protocol
-from raytrainer.runner import (
-    RunResult,
-    Scaling,
-    build_trainer,
-    load_hyper_params,
-    run,
-    run_local,
-)
-from raytrainer.scenario import ScenarioInstance, register_scenario
-from raytrainer.settings import ExperimentSettings
-from raytrainer.trainer import Progress, Trainer, attach_progress_bar, register_trainer
+Public names are imported on first use, so ``raytrainer --help`` and ``import raytrainer``
+stay fast (no torch, no Ray until a name that needs them is touched).
+"""
 
-__all__ = [
-    "AgentHyperParameters",
-    "Backend",
-    "CheckPointNotFoundError",
-    "CheckpointCorruptError",
-    "CheckpointStateError",
-    "CheckpointVersionError",
-    "ConfigError",
-    "ExperimentSettings",
-    "HyperParameters",
-    "LocalBackend",
-    "MetricError",
-    "Progress",
-    "ProtocolHandler",
-    "RayTrainerError",
-    "RegistryError",
-    "RunFailedError",
-    "RunResult",
-    "Scaling",
-    "ScenarioInstance",
-    "ShardedBatchSampler",
-    "Trainer",
-    "__version__",
-    "attach_progress_bar",
-    "build_trainer",
-    "load_hyper_params",
-    "register_conversion",
-    "register_protocol",
-    "register_scenario",
-    "register_trainer",
-    "run",
-    "run_local",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from raytrainer._version import __version__ as __version__
+
+# Each public name and the module it lives in.
+
+_WHERE = {
+    "AgentHyperParameters": "raytrainer.params",
+    "Backend": "raytrainer.backends",
+    "CheckPointNotFoundError": "raytrainer.errors",
+    "CheckpointCorruptError": "raytrainer.errors",
+    "CheckpointStateError": "raytrainer.errors",
+    "CheckpointVersionError": "raytrainer.errors",
+    "ConfigError": "raytrainer.errors",
+    "ExperimentSettings": "raytrainer.settings",
+    "HyperParameters": "raytrainer.params",
+    "LocalBackend": "raytrainer.backends",
+    "MetricError": "raytrainer.errors",
+    "Progress": "raytrainer.progress",
+    "ProtocolHandler": "raytrainer.protocols",
+    "RayTrainerError": "raytrainer.errors",
+    "RegistryError": "raytrainer.errors",
+    "RunFailedError": "raytrainer.errors",
+    "RunResult": "raytrainer.runners.result",
+    "Scaling": "raytrainer.settings",
+    "ScenarioInstance": "raytrainer.scenario",
+    "ShardedBatchSampler": "raytrainer.data",
+    "Trainer": "raytrainer.trainer",
+    "attach_progress_bar": "raytrainer.progress",
+    "build_trainer": "raytrainer.build",
+    "load_hyper_params": "raytrainer.build",
+    "register_conversion": "raytrainer.params",
+    "register_protocol": "raytrainer.protocols",
+    "register_scenario": "raytrainer.scenario",
+    "register_trainer": "raytrainer.trainer",
+    "run": "raytrainer.runners.ray_train",
+    "run_local": "raytrainer.runners.local",
+}
+
+__all__ = sorted([*_WHERE, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'raytrainer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

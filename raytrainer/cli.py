@@ -1,41 +1,111 @@
-"""The ``raytrainer`` command: ``run`` and ``checkpoints``."""
+"""The ``raytrainer`` command: ``run`` and ``checkpoints``.
+
+The flags of ``run`` that set :class:`~raytrainer.settings.ExperimentSettings` and
+:class:`~raytrainer.settings.Scaling` are generated from those classes' fields — name, type,
+help and default — so a new setting is declared once. A flag that is not given leaves the
+field's own default (which may read an environment variable) in place. Nothing here imports
+torch or Ray until a command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from raytrainer.checkpoint import describe_checkpoint, list_checkpoints
+from raytrainer._version import __version__
 from raytrainer.errors import ConfigError, RayTrainerError, RunFailedError
-from raytrainer.settings import ExperimentSettings, default_storage_root, tqdm_progress_bar
+from raytrainer.settings import ExperimentSettings, Scaling
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    # Annotations are strings (postponed evaluation), evaluated in the module of the class
+    # that declares the field; a CLI field's names all live there, so no torch or Ray import.
+    if not isinstance(f.type, str):
+        return f.type
+    owner = next(c for c in cls.__mro__ if f.name in vars(c).get("__annotations__", {}))
+    return eval(f.type, vars(sys.modules[owner.__module__]))  # noqa: S307
+
+
+def _parse_optional(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+_METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """Add a flag for every command-line field of the dataclass ``cls`` to ``parser``.
+
+    ``--field-name`` (plus the field's extra spellings), with the type, choices and help the
+    field declares. Flags default to "not given": the dataclass's own default then applies.
+    """
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", False):
+            continue
+        kind = _field_type(cls, f)
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        names = [f"--{f.name.replace('_', '-')}", *f.metadata.get("flags", ())]
+        default = f.metadata.get("default_doc") or (
+            f.default if f.default is not dataclasses.MISSING else None
+        )
+        help_text = f"{f.metadata.get('doc', '')} (default: {default})".replace("%", "%%")
+        options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if kind is bool:
+            options["action"] = "store_true"
+        elif origin is typing.Literal:
+            options["choices"] = list(args)
+        elif origin is tuple:
+            options.update(action="append", metavar="VALUE")
+        elif origin is Mapping or kind is Mapping:
+            options.update(action="append", type=_key_value, metavar="KEY=VALUE")
+        elif type(None) in args:  # X | None
+            (inner,) = [a for a in args if a is not type(None)]
+            options.update(type=_parse_optional(inner), metavar=_METAVARS[inner])
+        else:
+            options.update(type=kind, metavar=_METAVARS[kind])
+        group.add_argument(*names, **options)
+
+
+def dataclass_from_flags(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+    """Build ``cls`` from the flags that were given (and ``extra``); the rest keep defaults."""
+    given: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            origin = typing.get_origin(_field_type(cls, f))
+            given[f.name] = (
+                tuple(value) if origin is tuple else dict(value) if origin is Mapping else value
+            )
+    return cls(**given, **extra)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raytrainer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="raytrainer", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"raytrainer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a trainer from a config file")
     run.add_argument("config", type=Path, help="hyper-parameters, YAML or JSON")
-    run.add_argument("--local", action="store_true", help="run in this process (debuggable)")
-    run.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
-    run.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per Ray worker")
-    run.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per Ray worker")
-    run.add_argument(
-        "--address", help="Ray cluster to use (default: RAY_ADDRESS, a running one, or a new one)"
-    )
-    run.add_argument("--max-failures", type=int, default=0, help="worker-group restarts allowed")
-    run.add_argument(
-        "--worker-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="environment variable for every Ray worker; repeatable",
-    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -44,38 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH=VALUE",
         help="override a hyper-parameter by dotted path; repeatable",
     )
-    run.add_argument("--run-id", help="run id (default: a hash of the hyper-parameters)")
+    run.add_argument("--local", action="store_true", help="run in this process (debuggable)")
     run.add_argument(
-        "--storage-path",
-        help="where checkpoints are kept (default: $RAYTRAINER_STORAGE or ./raytrainer_runs)",
+        "--address", help="Ray cluster to use (default: RAY_ADDRESS, a running one, or a new one)"
     )
-    run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    run.add_argument("--checkpoint-period", type=int, default=100, help="iterations per checkpoint")
-    run.add_argument("--num-to-keep", type=int, default=3, help="checkpoints kept (0: all)")
-    run.add_argument("--score-metric", help="rank checkpoints by this metric")
-    run.add_argument("--score-order", choices=["max", "min"], default="max")
-    run.add_argument("--test-run", action="store_true", help="quick check; loads no checkpoint")
-    run.add_argument("--no-load", action="store_true", help="start from scratch")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-    run.add_argument(
-        "--wandb-mode",
-        choices=["online", "offline", "disabled"],
-        default=os.environ.get("WANDB_MODE", "offline"),
-        help="W&B mode (default: $WANDB_MODE, else offline)",
-    )
-    run.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT"))
-    run.add_argument("--wandb-entity", default=os.environ.get("WANDB_ENTITY"))
-    run.add_argument("--wandb-group", default=os.environ.get("WANDB_RUN_GROUP"))
-    run.add_argument(
-        "--wandb-tag", dest="wandb_tags", action="append", default=[], help="repeatable"
-    )
-    run.add_argument(
-        "--wandb-digest",
-        choices=["XXH128", "MD5"],
-        default="XXH128",
-        help="file digests of mirrored artifacts (MD5 for an old self-hosted W&B server)",
-    )
+    add_dataclass_flags(run, Scaling, "Ray workers (ignored with --local)")
+    add_dataclass_flags(run, ExperimentSettings, "settings")
 
     ckpt = sub.add_parser("checkpoints", help="list and describe checkpoints")
     ckpt_sub = ckpt.add_subparsers(dest="action", required=True)
@@ -88,36 +133,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from raytrainer.runner import Scaling, load_hyper_params, run, run_local
+    from raytrainer.build import load_hyper_params
 
     hyper_params = load_hyper_params(args.config, args.overrides)
-    worker_env = dict(item.split("=", 1) for item in args.worker_env if "=" in item)
-    if len(worker_env) != len(args.worker_env):
-        raise ConfigError("--worker-env takes KEY=VALUE pairs.")
-    settings = ExperimentSettings(
-        device=args.device,
-        run_id=args.run_id,
-        storage_path=args.storage_path,
-        checkpoint_period=args.checkpoint_period,
-        num_to_keep=args.num_to_keep or None,
-        checkpoint_score_metric=args.score_metric,
-        checkpoint_score_order=args.score_order,
-        progress_bar_factory=None if args.no_progress else tqdm_progress_bar,
-        test_run=args.test_run,
-        do_not_load_checkpoint=args.no_load,
-        max_failures=args.max_failures,
-        worker_env=worker_env,
-        wandb_mode=args.wandb_mode,
-        wandb_project=args.wandb_project,
-        wandb_entity=args.wandb_entity,
-        wandb_group=args.wandb_group,
-        wandb_tags=tuple(args.wandb_tags),
-        wandb_digest_algorithm=args.wandb_digest,
-    )
+    extra = {"progress_bar_factory": None} if args.no_progress else {}
+    settings = dataclass_from_flags(ExperimentSettings, args, **extra)
     if args.local:
+        from raytrainer.runners.local import run_local
+
         result = run_local(hyper_params, settings)
     else:
-        scaling = Scaling(args.num_workers, args.gpus_per_worker, args.cpus_per_worker)
+        scaling = dataclass_from_flags(Scaling, args)  # validated before Ray is imported
+        from raytrainer.runners.ray_train import run
+
         result = run(hyper_params, settings, scaling, address=args.address)
     if result.unmirrored:
         print(f"not mirrored to W&B (safe in storage): {', '.join(result.unmirrored)}")
@@ -127,12 +155,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _checkpoints(args: argparse.Namespace) -> int:
+    from raytrainer.checkpoint import describe_checkpoint, list_checkpoints
+    from raytrainer.storage import default_root
+
     if args.action == "show":
         print(json.dumps(describe_checkpoint(args.checkpoint), indent=1))
         return 0
     run_dir = Path(args.run)
     if not run_dir.is_dir():
-        root = Path(args.storage_path) if args.storage_path else default_storage_root()
+        root = Path(args.storage_path) if args.storage_path else default_root()
         run_dir = root / args.run
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
@@ -166,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFailedError as exc:
         print(f"raytrainer: error: {exc}", file=sys.stderr)
         return 1
-    except RayTrainerError as exc:
+    except (RayTrainerError, ConfigError) as exc:
         print(f"raytrainer: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

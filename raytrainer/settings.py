@@ -1,140 +1,217 @@
-"""Experiment settings: everything that does not change the result of a run."""
+"""Settings: everything that does not change the result of a run.
+
+Each field is declared once, with its documentation beside it; ``raytrainer run``'s flags, their
+help and the class docstring are generated from these declarations (``raytrainer.cli``), so the
+command line, the environment and the Python API share one default per setting.
+:class:`Scaling` (how many Ray workers, what each gets) is declared the same way.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from dataclasses import MISSING, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
 
 from raytrainer.errors import ConfigError
-from raytrainer.storage import is_uri
+from raytrainer.progress import ProgressBarFactory, tqdm_progress_bar
 
 if TYPE_CHECKING:
-    from raytrainer.backends import Backend
-
-STORAGE_ENV_VAR = "RAYTRAINER_STORAGE"
-"""Environment variable that sets the default storage root (default ``./raytrainer_runs``)."""
+    from raytrainer.backends.base import Backend
 
 
-def default_storage_location() -> str:
-    """Return the default storage root: ``$RAYTRAINER_STORAGE`` or ``./raytrainer_runs``.
+def setting(
+    default: Any = MISSING,
+    doc: str = "",
+    *,
+    default_factory: Callable[[], Any] | None = None,
+    default_doc: str | None = None,
+    flags: tuple[str, ...] = (),
+    cli: bool = True,
+    per_process: bool = False,
+) -> Any:
+    """Declare a settings field with its documentation.
 
-    A URI (``s3://bucket/runs``) is returned as it is, a folder as an absolute path.
+    Parameters
+    ----------
+    default, default_factory
+        The default value, or a function that computes it when the settings are built (one
+        that reads an environment variable, say).
+    doc : str
+        What the setting means; the CLI help and the class docstring use it.
+    default_doc : str or None
+        How the default reads in the help, when it is not simply ``default``.
+    flags : tuple of str
+        Extra command-line spellings (the flag named after the field always exists).
+    cli : bool
+        Whether ``raytrainer run`` has a flag for it (not for objects such as the logger).
+    per_process : bool
+        Set by each process for itself (device, ranks, backend); never sent to Ray workers.
     """
-    location = os.environ.get(STORAGE_ENV_VAR) or "raytrainer_runs"
-    return location if is_uri(location) else str(Path(location).absolute())
+    metadata = {
+        "doc": doc,
+        "default_doc": default_doc,
+        "flags": flags,
+        "cli": cli,
+        "per_process": per_process,
+    }
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-def default_storage_root() -> Path:
-    """Return the default storage root as a local folder.
+def _env(name: str, default: str | None = None) -> Callable[[], str | None]:
+    return lambda: os.environ.get(name) or default
 
-    Raises
-    ------
-    ConfigError
-        If ``$RAYTRAINER_STORAGE`` is a URI, which a local ``Path`` cannot hold.
+
+def _env_tags() -> tuple[str, ...]:
+    return tuple(t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip())
+
+
+_WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # W&B's own spellings
+
+
+def _default_wandb_mode() -> str:
+    """``$WANDB_MODE`` as W&B reads it; else ``online`` when W&B has an API key, else offline.
+
+    W&B itself defaults to online and stops a process that has no API key; a first run should
+    not fail for want of a W&B account, so without a key the mirror records offline instead.
     """
-    location = default_storage_location()
-    if is_uri(location):
-        raise ConfigError(
-            f"{STORAGE_ENV_VAR}={location!r} is a URI; this needs a local folder. "
-            "Pass the URI as storage_path instead."
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return _WANDB_MODE_ALIASES.get(mode, mode)
+    return "online" if _wandb_has_api_key() else "offline"
+
+
+def _wandb_has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc().authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _document(cls: type, summary: str) -> str:
+    """A NumPy-style docstring whose Parameters section comes from the fields' docs."""
+    lines = [summary, "", "Parameters", "----------"]
+    for f in fields(cls):
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        lines.append(f"{f.name} : {annotation}")
+        default = f.metadata.get("default_doc") or (
+            repr(f.default) if f.default is not MISSING else None
         )
-    return Path(location)
-
-
-class ProgressBar(Protocol):
-    """What a progress-bar factory returns (``tqdm`` fits)."""
-
-    def update(self, n: int = 1) -> Any:
-        """Advance by ``n`` iterations."""
-
-    def close(self) -> Any:
-        """Finish the bar."""
-
-
-ProgressBarFactory = Callable[..., ProgressBar]
-"""Called as ``factory(total=..., initial=..., desc=...)``."""
-
-
-def tqdm_progress_bar(total: int, initial: int = 0, desc: str = "") -> ProgressBar:
-    """Default progress-bar factory: a ``tqdm`` bar on stderr."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+        doc = f.metadata.get("doc", "") + (f" Default: {default}." if default else "")
+        lines.append(f"    {doc}")
+    return "\n".join(lines)
 
 
 @dataclass
 class ExperimentSettings:
-    """The instance-specific settings of a run: device, storage, logging, checkpointing.
+    """The instance-specific settings of a run: device, storage, logging, checkpointing."""
 
-    Parameters
-    ----------
-    device : str
-        Torch device the trainer puts its models on ("cpu", "cuda", "cuda:1").
-    run_id : str or None
-        The run id. ``None`` derives a stable id from the hyper-parameters.
-    storage_path : str or None
-        Where the run's checkpoints are kept: a folder or a URI. ``None`` is the default
-        storage root (``$RAYTRAINER_STORAGE``, else ``./raytrainer_runs``).
-    backend : Backend or None
-        Where reports and checkpoints go. The runner sets it; ``None`` means an in-process
-        local backend built from ``storage_path`` and ``run_id``.
-    logger : logging.Logger or None
-        Logger for the trainer; ``None`` is the ``raytrainer`` logger.
-    checkpoint_period : int
-        Iterations between checkpoints; trainers save when ``iteration % period == 0``.
-    num_to_keep : int or None
-        Newest (or best, with ``checkpoint_score_metric``) checkpoints kept; ``None`` keeps all.
-    checkpoint_score_metric, checkpoint_score_order : str or None, {"max", "min"}
-        Metric that ranks checkpoints for retention and the W&B ``best`` alias.
-    progress_bar_factory : callable or None
-        Builds the progress bar; ``None`` shows none.
-    test_run : bool
-        A quick check run: never loads a checkpoint.
-    do_not_load_checkpoint : bool
-        Start from scratch even if the run has checkpoints.
-    max_failures : int
-        Worker-group restarts allowed under Ray before the run fails (-1: unlimited).
-    worker_env : Mapping[str, str]
-        Environment variables set in every Ray worker (not in an in-process run).
-    world_rank, local_rank, world_size : int
-        This process's place among the workers; set by the Ray runner.
-    wandb_mode : {"disabled", "offline", "online"}
-        W&B mode; the project, entity, tags and group follow it.
-    wandb_flush_timeout : float
-        Seconds the end of a run waits for the W&B mirror before reporting what it missed.
-    wandb_digest_algorithm : {"XXH128", "MD5"}
-        How W&B fingerprints mirrored files. XXH128 hashes a checkpoint ~20x faster than MD5;
-        choose MD5 for a self-hosted W&B server that does not know XXH128 artifacts.
-    """
-
-    device: str = "cpu"
-    run_id: str | None = None
-    storage_path: str | None = None
-    backend: Backend | None = None
-    logger: logging.Logger | None = None
-    checkpoint_period: int = 100
-    num_to_keep: int | None = 3
-    checkpoint_score_metric: str | None = None
-    checkpoint_score_order: Literal["max", "min"] = "max"
-    progress_bar_factory: ProgressBarFactory | None = tqdm_progress_bar
-    test_run: bool = False
-    do_not_load_checkpoint: bool = False
-    max_failures: int = 0
-    worker_env: Mapping[str, str] = field(default_factory=dict)
-    world_rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    wandb_mode: Literal["disabled", "offline", "online"] = "disabled"
-    wandb_project: str | None = None
-    wandb_entity: str | None = None
-    wandb_tags: tuple[str, ...] = field(default_factory=tuple)
-    wandb_group: str | None = None
-    wandb_flush_timeout: float = 120.0
-    wandb_digest_algorithm: Literal["XXH128", "MD5"] = "XXH128"
+    device: str = setting(
+        "cpu",
+        "Torch device of an in-process run (cpu, cuda); Ray workers get theirs from Ray.",
+        per_process=True,
+    )
+    run_id: str | None = setting(
+        None, "The run id.", default_doc="a stable hash of the hyper-parameters"
+    )
+    storage_path: str | None = setting(
+        None,
+        "Where the run's checkpoints are kept: a folder or a URI (s3://bucket/prefix).",
+        default_doc="$RAYTRAINER_STORAGE, else ./raytrainer_runs",
+    )
+    backend: Backend | None = setting(
+        None,
+        "Where reports and checkpoints go; the runner sets it (build_trainer: in-process).",
+        cli=False,
+        per_process=True,
+    )
+    logger: logging.Logger | None = setting(
+        None,
+        "Logger for the trainer; None is the 'raytrainer' logger.",
+        cli=False,
+        per_process=True,
+    )
+    checkpoint_period: int = setting(
+        100, "Iterations between checkpoints; trainers save when iteration % period == 0."
+    )
+    num_to_keep: int | None = setting(
+        3, "Checkpoints kept (the newest, or the best by the score metric); none keeps all."
+    )
+    checkpoint_score_metric: str | None = setting(
+        None,
+        "Metric that ranks checkpoints for retention and the W&B 'best' alias.",
+        flags=("--score-metric",),
+    )
+    checkpoint_score_order: Literal["max", "min"] = setting(
+        "max", "Whether a higher or a lower score metric is better.", flags=("--score-order",)
+    )
+    progress_bar_factory: ProgressBarFactory | None = setting(
+        tqdm_progress_bar,
+        "Builds the progress bar; None shows none (raytrainer run --no-progress).",
+        default_doc="a tqdm bar",
+        cli=False,
+        per_process=True,
+    )
+    test_run: bool = setting(False, "A quick check run: never loads a checkpoint.")
+    do_not_load_checkpoint: bool = setting(
+        False, "Start from scratch even if the run has checkpoints.", flags=("--no-load",)
+    )
+    max_failures: int = setting(
+        0, "Worker-group restarts allowed under Ray before the run fails (-1: unlimited)."
+    )
+    worker_env: Mapping[str, str] = setting(
+        doc="Environment variables set in every Ray worker, KEY=VALUE (not in-process).",
+        default_factory=dict,
+        default_doc="none",
+    )
+    world_rank: int = setting(
+        0, "This process's rank; set by the Ray runner.", cli=False, per_process=True
+    )
+    local_rank: int = setting(0, "This process's rank on its node.", cli=False, per_process=True)
+    world_size: int = setting(1, "The number of training processes.", cli=False, per_process=True)
+    wandb_mode: Literal["disabled", "offline", "online"] = setting(
+        doc="W&B mode: online, offline or disabled.",
+        default_factory=_default_wandb_mode,
+        default_doc="$WANDB_MODE, else online when W&B has an API key, else offline",
+    )
+    wandb_project: str = setting(
+        doc="W&B project.",
+        default_factory=_env("WANDB_PROJECT", "raytrainer"),
+        default_doc="$WANDB_PROJECT, else raytrainer",
+    )
+    wandb_entity: str | None = setting(
+        doc="W&B entity (team or user).",
+        default_factory=_env("WANDB_ENTITY"),
+        default_doc="$WANDB_ENTITY, else your W&B default",
+    )
+    wandb_tags: tuple[str, ...] = setting(
+        doc="W&B tags; repeat the flag for several.",
+        default_factory=_env_tags,
+        default_doc="$WANDB_TAGS (comma-separated)",
+        flags=("--wandb-tag",),
+    )
+    wandb_group: str | None = setting(
+        doc="W&B run group.",
+        default_factory=_env("WANDB_RUN_GROUP"),
+        default_doc="$WANDB_RUN_GROUP",
+    )
+    wandb_flush_timeout: float = setting(
+        120.0, "Seconds the end of a run waits for the W&B mirror before naming what it missed."
+    )
+    wandb_digest_algorithm: Literal["XXH128", "MD5"] = setting(
+        "XXH128",
+        "How W&B fingerprints mirrored files; MD5 for a self-hosted server without XXH128.",
+        flags=("--wandb-digest",),
+    )
 
     def __post_init__(self) -> None:
         _check(self.checkpoint_period >= 1, "checkpoint_period", self.checkpoint_period, ">= 1")
@@ -142,7 +219,7 @@ class ExperimentSettings:
             self.num_to_keep is None or self.num_to_keep >= 1,
             "num_to_keep",
             self.num_to_keep,
-            ">= 1 or None",
+            ">= 1, or None to keep all ('none' on the command line)",
         )
         _check(
             self.checkpoint_score_order in ("max", "min"),
@@ -154,7 +231,7 @@ class ExperimentSettings:
             self.wandb_mode in ("disabled", "offline", "online"),
             "wandb_mode",
             self.wandb_mode,
-            "'disabled', 'offline' or 'online'",
+            "'disabled', 'offline' or 'online' (also read from $WANDB_MODE)",
         )
         _check(
             self.wandb_digest_algorithm in ("XXH128", "MD5"),
@@ -187,23 +264,42 @@ class ExperimentSettings:
     def to_worker_config(self) -> dict[str, Any]:
         """The plain fields a Ray worker rebuilds its settings from.
 
-        Leaves out what each worker sets for itself (device, ranks, backend, progress bar) and
-        what cannot cross processes (the logger).
+        Leaves out what each process sets for itself (device, ranks, backend, progress bar)
+        and what cannot cross processes (the logger).
         """
-        own = {
-            "device",
-            "world_rank",
-            "local_rank",
-            "world_size",
-            "backend",
-            "logger",
-            "progress_bar_factory",
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if not f.metadata["per_process"]
         }
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in own}
 
     def get_logger(self) -> logging.Logger:
         """Return the configured logger, or the ``raytrainer`` logger."""
         return self.logger or logging.getLogger("raytrainer")
+
+
+ExperimentSettings.__doc__ = _document(ExperimentSettings, ExperimentSettings.__doc__ or "")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many Ray Train workers a run (or each sweep trial) uses, and what each gets."""
+
+    num_workers: int = setting(
+        1, "Ray Train workers (DDP ranks); batch_size is divided among them."
+    )
+    gpus_per_worker: float = setting(0, "GPUs per worker; 0 trains on CPU with gloo.")
+    cpus_per_worker: float = setting(1, "CPUs reserved per worker.")
+
+    def __post_init__(self) -> None:
+        for name, value, ok in (
+            ("num_workers", self.num_workers, self.num_workers >= 1),
+            ("gpus_per_worker", self.gpus_per_worker, self.gpus_per_worker >= 0),
+            ("cpus_per_worker", self.cpus_per_worker, self.cpus_per_worker > 0),
+        ):
+            if not ok:
+                raise ConfigError(f"scaling {name}={value!r} is invalid: it must be positive.")
+
+
+Scaling.__doc__ = _document(Scaling, Scaling.__doc__ or "")
 
 
 def _check(ok: bool, name: str, value: object, expected: str) -> None:

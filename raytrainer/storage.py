@@ -2,6 +2,7 @@
 
 Credentials and endpoints come from the usual environment variables of each filesystem
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ENDPOINT_URL`` for S3).
+The default storage root — where runs go when no ``storage_path`` is given — is decided here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,44 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from raytrainer.errors import ConfigError
+
+STORAGE_ENV_VAR = "RAYTRAINER_STORAGE"
+"""Environment variable that sets the default storage root (default ``./raytrainer_runs``)."""
+
+
+def default_location() -> str:
+    """Return the default storage root: ``$RAYTRAINER_STORAGE`` or ``./raytrainer_runs``.
+
+    A URI (``s3://bucket/runs``) is returned as it is, a folder as an absolute path.
+    """
+    location = os.environ.get(STORAGE_ENV_VAR) or "raytrainer_runs"
+    return location if is_uri(location) else str(Path(location).absolute())
+
+
+def default_root() -> Path:
+    """Return the default storage root as a local folder.
+
+    Raises
+    ------
+    ConfigError
+        If ``$RAYTRAINER_STORAGE`` is a URI, which a local ``Path`` cannot hold.
+    """
+    location = default_location()
+    if is_uri(location):
+        raise ConfigError(
+            f"{STORAGE_ENV_VAR}={location!r} is a URI; this needs a local folder. "
+            "Pass the URI as storage_path instead."
+        )
+    return Path(location)
+
+
+def root_of(storage_path: str | None) -> str:
+    """Return the storage root a run uses: ``storage_path``, or the default root.
+
+    A local folder comes back absolute (a Ray job's working directory is temporary).
+    """
+    location = storage_path or default_location()
+    return location if is_uri(location) else str(Path(location.removeprefix("file://")).absolute())
 
 
 def is_uri(path: str) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import raytrainer.trainer as trainer_module
+import raytrainer.checkpoint.checkpointer as checkpointer_module
 from raytrainer import (
     CheckPointNotFoundError,
     ExperimentSettings,
@@ -20,6 +20,7 @@ from raytrainer import (
     build_trainer,
     load_hyper_params,
 )
+from raytrainer.build import local_settings
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
 from raytrainer.protocols import SoloProtocol
 
@@ -132,11 +133,11 @@ def test_properties_paths_and_metadata(tmp_path, tiny_config, monkeypatch):
     assert meta["run_id"] == hp.default_run_id()
     assert meta["git_sha"] is None or re.fullmatch(r"[0-9a-f]{40}", meta["git_sha"])
     monkeypatch.chdir(tmp_path)  # outside any checkout: None, never a crash
-    trainer_module._git_sha.cache_clear()
+    checkpointer_module.git_sha.cache_clear()
     try:
         assert trainer._get_metadata()["git_sha"] is None
     finally:
-        trainer_module._git_sha.cache_clear()
+        checkpointer_module.git_sha.cache_clear()
 
 
 def test_train_save_load_cycle(tmp_path, tiny_config):
@@ -183,19 +184,23 @@ def test_initialise_state_only_without_checkpoint(tmp_path, tiny_config):
             calls.append(self.iteration)
 
     hp = load_hyper_params(tiny_config)
+
+    def settings(**kw):  # a trainer built by hand gets its run id and backend from here
+        return local_settings(hp, _settings(tmp_path, **kw))
+
     first = Counting(
         hp,
         build_trainer(hp, _settings(tmp_path, do_not_load_checkpoint=True)).scenario_instance,
-        _settings(tmp_path),
+        settings(),
     )
     assert calls == [0]
     first.iteration = 5
     first.save_checkpoint()
-    Counting(hp, first.scenario_instance, _settings(tmp_path))
+    Counting(hp, first.scenario_instance, settings())
     assert calls == [0]  # restored, not initialised
-    fresh = Counting(hp, first.scenario_instance, _settings(tmp_path, do_not_load_checkpoint=True))
+    fresh = Counting(hp, first.scenario_instance, settings(do_not_load_checkpoint=True))
     assert calls == [0, 0] and fresh.iteration == 0
-    Counting(hp, first.scenario_instance, _settings(tmp_path, test_run=True))
+    Counting(hp, first.scenario_instance, settings(test_run=True))
     assert calls == [0, 0, 0]
 
 
@@ -259,7 +264,7 @@ def test_total_iterations_sum_decorated_methods(tmp_path, tiny_config):
     trainer = TwoPhase(
         hp,
         build_trainer(hp, _settings(tmp_path)).scenario_instance,
-        _settings(tmp_path, progress=recorder),
+        local_settings(hp, _settings(tmp_path, progress=recorder)),
     )
     assert trainer.get_total_num_iterations() == 35
     trainer.train()

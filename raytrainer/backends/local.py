@@ -9,9 +9,6 @@ from typing import Any, Literal
 
 from raytrainer.backends.base import Backend
 from raytrainer.checkpoint.layout import apply_retention, list_checkpoints
-from raytrainer.errors import ConfigError
-from raytrainer.settings import ExperimentSettings, default_storage_location
-from raytrainer.storage import is_uri
 
 
 class LocalBackend(Backend):
@@ -44,30 +41,6 @@ class LocalBackend(Backend):
         self.score_metric = score_metric
         self.score_order = score_order
         self.logger = logger or logging.getLogger("raytrainer")
-
-    @classmethod
-    def from_settings(cls, settings: ExperimentSettings, run_id: str) -> LocalBackend:
-        """Build the backend of run ``run_id`` from the settings' storage and retention.
-
-        Raises
-        ------
-        ConfigError
-            If ``settings.storage_path`` is a URI: in-process runs write to a local folder.
-        """
-        location = settings.storage_path or default_storage_location()
-        if is_uri(location):
-            raise ConfigError(
-                f"storage_path={location!r}: the in-process runner writes to a local folder; "
-                "use a local path, or run on Ray for cloud storage."
-            )
-        root = Path(location.removeprefix("file://"))
-        return cls(
-            root / run_id,
-            num_to_keep=settings.num_to_keep,
-            score_metric=settings.checkpoint_score_metric,
-            score_order=settings.checkpoint_score_order,
-            logger=settings.get_logger(),
-        )
 
     def checkpoint_candidates(self) -> Iterator[Path]:
         """Yield the run folder's checkpoints, newest first."""

@@ -1,4 +1,13 @@
-"""The checkpoint directory layout, its digests, and retention.
+"""Every name in a run folder: the checkpoint layout, its digests, and retention.
+
+A run folder ``<storage root>/<run id>/`` holds::
+
+    checkpoint_000100/      one checkpoint (below); the 6-digit number is the iteration
+    checkpoint_000200/
+    complete.json           written when the run finishes: a rerun has nothing to do
+    artifacts/<name>/v<k>/  versions of the trainer's own artifacts, with manifest.json
+    .wandb-staging/         hard links to files waiting for the W&B mirror (rank 0)
+    .tmp-* .old-*           a checkpoint being written or replaced (never read)
 
 A checkpoint is a directory named ``checkpoint_<iteration, 6 digits>``::
 
@@ -10,7 +19,8 @@ A checkpoint is a directory named ``checkpoint_<iteration, 6 digits>``::
 
 ``metadata.json`` is written last and lists a SHA-256 digest per file, so a partial or altered
 checkpoint is detected on load and never trusted. Directories are written under a temporary
-name and renamed into place when complete. This module is the only place that knows the layout.
+name and renamed into place when complete. This module is the only place that knows these
+names; everything else imports them from here.
 """
 
 from __future__ import annotations
@@ -43,6 +53,21 @@ PARAMS_FILE = "hyper_params.json"
 STATE_FILE = "state.json"
 TENSOR_SUFFIX = ".pt"
 
+COMPLETE_FILE = "complete.json"
+"""In the run folder when a run has finished; a rerun then reports it complete."""
+ARTIFACTS_DIR = "artifacts"
+"""In the run folder: ``<name>/v<k>/``, versions of the trainer's own artifacts."""
+ARTIFACT_MANIFEST_FILE = "manifest.json"
+"""In an artifact version folder: its name, type, version, iteration and file digests."""
+WANDB_STAGING_DIR = ".wandb-staging"
+"""In the folder rank 0 writes into: hard links to files the W&B mirror has not uploaded yet."""
+WANDB_OFFLINE_STAGING_DIR = "raytrainer-staging"
+"""Beside an offline W&B run (``wandb/offline-run-*/``): mirrored files ``wandb sync`` reads."""
+RESTORE_DIR = "restore"
+"""In a Ray worker's staging folder: checkpoints downloaded from cloud storage to resume."""
+BASE_RUN_DIR = "base_run"
+"""In a temporary folder: a base run's checkpoint downloaded for a warm start."""
+
 _NAME_RE = re.compile(r"^checkpoint_(\d{6,})$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _PLAIN = (str, int, float, bool, type(None))
@@ -51,6 +76,22 @@ _PLAIN = (str, int, float, bool, type(None))
 def checkpoint_dir_name(iteration: int) -> str:
     """Return the folder name of the checkpoint at ``iteration``: ``checkpoint_000042``."""
     return f"checkpoint_{iteration:06d}"
+
+
+def artifact_version_name(version: int) -> str:
+    """Return the folder name of an artifact version: ``v3``."""
+    return f"v{version}"
+
+
+def artifact_versions(artifact_dir: Path) -> list[int]:
+    """Return the complete versions under ``artifacts/<name>/``, oldest first."""
+    found = (p.name[1:] for p in Path(artifact_dir).glob("v*") if p.is_dir())
+    return sorted(int(v) for v in found if v.isdigit())
+
+
+def temporary_name(name: str) -> str:
+    """Return the name a folder is written under before it is renamed to ``name``."""
+    return f".tmp-{name}-{uuid.uuid4().hex[:8]}"
 
 
 def parse_iteration(name: str) -> int | None:
@@ -205,7 +246,7 @@ def write_checkpoint(
         raise ValueError("checkpoint metadata needs an 'iteration'.")
     plain, tensors = split_state(state)  # refuses bad state before anything is written
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
+    tmp = directory.parent / temporary_name(directory.name)
     tmp.mkdir()
     try:
         files = {

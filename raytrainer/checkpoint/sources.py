@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from raytrainer import storage
-from raytrainer.checkpoint.layout import parse_iteration, select_checkpoint
+from raytrainer.checkpoint.layout import BASE_RUN_DIR, parse_iteration, select_checkpoint
 from raytrainer.checkpoint.wandb_mirror import WandbClient
 from raytrainer.params import BaseRunParameters
-from raytrainer.settings import default_storage_location
 
 
 def wandb_artifact_path(base: BaseRunParameters, version: str) -> str:
@@ -33,10 +32,10 @@ def fetch_base_run_checkpoint(
     ``workdir``. The caller verifies the digests.
     """
     if base.storage_path is None and base.project is not None:
-        return client.download_artifact(wandb_artifact_path(base, version), workdir / "base_run")
-    run_location = storage.join(base.storage_path or default_storage_location(), base.run_id)
+        return client.download_artifact(wandb_artifact_path(base, version), workdir / BASE_RUN_DIR)
+    run_location = storage.join(storage.root_of(base.storage_path), base.run_id)
     name = select_checkpoint(storage.list_dirs(run_location), version, run_location)
     location = storage.join(run_location, name)
     if not storage.is_uri(location):
         return Path(location)
-    return storage.download_dir(location, workdir / "base_run" / name)
+    return storage.download_dir(location, workdir / BASE_RUN_DIR / name)

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from raytrainer._version import __version__
+from raytrainer.checkpoint.layout import WANDB_OFFLINE_STAGING_DIR, WANDB_STAGING_DIR
+from raytrainer.settings import ExperimentSettings
 from raytrainer.storage import is_uri
 
 
@@ -302,7 +304,7 @@ class CheckpointMirror:
         """
         folder = staged
         if run.offline:  # decided by the run, as in WandbClient.log_artifact
-            folder = Path(run.dir).parent / "raytrainer-staging" / staged.name
+            folder = Path(run.dir).parent / WANDB_OFFLINE_STAGING_DIR / staged.name
             shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
             _link_tree(staged, folder)
         for path in sorted(folder.iterdir()):
@@ -313,6 +315,52 @@ class CheckpointMirror:
         # Steps are iterations, so a resumed run never logs a step W&B has already passed.
         self._run.define_metric("iteration")
         self._run.define_metric("*", step_metric="iteration")
+
+
+def open_mirror(
+    settings: ExperimentSettings,
+    config: dict[str, Any],
+    base_dir: Path,
+    client_cls: type[WandbClient] = WandbClient,
+) -> CheckpointMirror | None:
+    """Open the run's mirror on rank 0 when W&B is enabled; ``None`` otherwise.
+
+    Returns at once: ``wandb.init`` runs on the mirror's thread (it can hang). The W&B run's id
+    and name are the run id, with ``resume="allow"``, so a resumed run continues it.
+
+    Parameters
+    ----------
+    settings : ExperimentSettings
+        The run's settings, with ``run_id`` resolved.
+    config : dict
+        The W&B run's config: the hyper-parameters as plain values.
+    base_dir : Path
+        The local folder this process writes checkpoints into; staging goes under it.
+    client_cls : type[WandbClient]
+        The seam to W&B.
+    """
+    if settings.wandb_mode == "disabled" or not settings.is_rank_zero:
+        return None
+    init_kwargs = {
+        "id": settings.run_id,
+        "name": settings.run_id,
+        "resume": "allow",
+        "project": settings.wandb_project,
+        "entity": settings.wandb_entity,
+        "mode": settings.wandb_mode,
+        "group": settings.wandb_group,
+        "tags": list(settings.wandb_tags) or None,
+        "config": config,
+        "dir": os.environ.get("WANDB_DIR"),  # read now: wandb keeps a process's first
+        "settings": {"console": "off"},
+    }
+    return CheckpointMirror(
+        client_cls(),
+        init_kwargs,
+        base_dir / WANDB_STAGING_DIR,
+        settings.get_logger(),
+        digest_algorithm=settings.wandb_digest_algorithm,
+    )
 
 
 def _noop() -> None:

@@ -1,0 +1,5 @@
+"""``python -m raytrainer``: the ``raytrainer`` command."""
+
+from raytrainer.cli import main
+
+raise SystemExit(main())

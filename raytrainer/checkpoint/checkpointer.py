@@ -1,0 +1,355 @@
+"""The save and restore sequence of a training process, behind a few calls.
+
+The trainer says ``checkpointer.save(...)``, ``load_active_run()``, ``load_base_run(version)``
+and ``restore(state, ...)``; this module owns what happens in between — the best score, every
+rank's RNG state, writing the folder (rank 0), staging it for W&B, persisting it through the
+backend (every rank), mirroring it, and on the way back the search for the newest checkpoint
+that verifies. Where checkpoints live is the backend's business; their layout is ``layout``'s.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from raytrainer import storage
+from raytrainer._version import __version__
+from raytrainer.backends.base import Backend
+from raytrainer.checkpoint.artifacts import add_file_version
+from raytrainer.checkpoint.layout import (
+    LoadedCheckpoint,
+    checkpoint_dir_name,
+    read_checkpoint,
+    write_checkpoint,
+)
+from raytrainer.checkpoint.sources import fetch_base_run_checkpoint
+from raytrainer.checkpoint.wandb_mirror import WandbClient, open_mirror
+from raytrainer.errors import (
+    CheckpointCorruptError,
+    CheckPointNotFoundError,
+    CheckpointStateError,
+    MetricError,
+)
+from raytrainer.params import HyperParameters
+from raytrainer.rng import get_rng_state, seed_everything, set_rng_state
+from raytrainer.settings import ExperimentSettings
+
+TRAINER_KEY = "_trainer"
+"""State entry of the base class: iteration, metrics, best score."""
+RNG_KEY = "_rng"
+"""State entry holding every rank's generator states, keyed by rank."""
+
+
+@functools.lru_cache(maxsize=1)
+def git_sha() -> str | None:
+    """The commit of the checkout in the working directory, or ``None`` outside one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and sha else None
+
+
+def run_metadata(run_id: str, trainer_cls: type, iteration: int, world_size: int) -> dict:
+    """Metadata of a checkpoint: package, version, git sha, time, run, trainer, iteration."""
+    return {
+        "package": "raytrainer",
+        "package_version": __version__,
+        "git_sha": git_sha(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": run_id,
+        "trainer": f"{trainer_cls.__module__}:{trainer_cls.__qualname__}",
+        "iteration": iteration,
+        "world_size": world_size,
+    }
+
+
+class Checkpointer:
+    """Saves and restores one training process's state; one per trainer.
+
+    Parameters
+    ----------
+    settings : ExperimentSettings
+        The run's settings (ranks, score metric, logger) with ``run_id`` resolved.
+    hyper_params : HyperParameters
+        Written into every checkpoint; compared with a resumed checkpoint's.
+    backend : Backend
+        Where checkpoints are persisted and found.
+    device : torch.device
+        Where loaded tensors go.
+    wandb_client_cls : type[WandbClient]
+        The seam to W&B: the mirror's calls, and fetching a base run's artifact.
+
+    Notes
+    -----
+    On rank 0 with W&B on, it opens the run's W&B mirror, which uploads every persisted
+    checkpoint and artifact version from its own thread; :meth:`close` flushes it.
+    """
+
+    def __init__(
+        self,
+        settings: ExperimentSettings,
+        hyper_params: HyperParameters,
+        backend: Backend,
+        device: torch.device,
+        wandb_client_cls: type[WandbClient] = WandbClient,
+    ) -> None:
+        self.settings = settings
+        self.hyper_params = hyper_params
+        self.backend = backend
+        self.device = device
+        self.wandb_client_cls = wandb_client_cls
+        self.logger: logging.Logger = settings.get_logger()
+        self.best_score: float | None = None
+        self.mirror = open_mirror(
+            settings, hyper_params.to_dict(), backend.staging_dir, wandb_client_cls
+        )
+
+    def close(self, timeout: float | None = None) -> list[str]:
+        """Flush the W&B mirror, waiting at most ``timeout`` (default the flush timeout) seconds.
+
+        Returns the names of checkpoints and artifacts that could not be mirrored (also logged
+        as a warning). Closing twice is harmless.
+        """
+        if self.mirror is None:
+            return []
+        mirror, self.mirror = self.mirror, None
+        return mirror.close(self.settings.wandb_flush_timeout if timeout is None else timeout)
+
+    def add_artifact_file(
+        self, artifact_name: str, artifact_type: str, file_path: Path, iteration: int
+    ) -> None:
+        """Write a new local version of an artifact holding ``file_path``; queue it for W&B.
+
+        Runs on rank 0 (other ranks do nothing); see :func:`artifacts.add_file_version`.
+        """
+        if not self.settings.is_rank_zero:
+            return
+        version_dir = add_file_version(
+            self.backend.staging_dir, artifact_name, artifact_type, file_path, iteration
+        )
+        if self.mirror is not None:
+            self.mirror.add_file_version(
+                artifact_name, artifact_type, version_dir, Path(file_path).name
+            )
+
+    # ------------------------------------------------------------------ saving
+
+    def save(
+        self,
+        state: dict[str, Any],
+        iteration: int,
+        metrics: Mapping[str, float],
+        metadata: Callable[[], dict[str, Any]],
+        log: bool = True,
+    ) -> str:
+        """Save a checkpoint of ``state`` at ``iteration``; return where it is kept.
+
+        Runs on every rank, on the training thread: the RNG states are gathered to rank 0,
+        rank 0 writes the folder and stages it for W&B, and every rank calls the backend's
+        ``persist`` (a barrier under Ray), which reports ``{"iteration", **metrics}``. The W&B
+        upload happens later, on the mirror's thread.
+
+        Parameters
+        ----------
+        state : dict
+            The trainer's own state (``Trainer._state_dict()``).
+        iteration : int
+            The trainer's iteration; names the folder.
+        metrics : Mapping[str, float]
+            The latest recorded metrics.
+        metadata : Callable[[], dict]
+            Returns the checkpoint's metadata; called on rank 0 only.
+        log : bool
+            Whether to log the save.
+
+        Raises
+        ------
+        MetricError
+            If the score metric is configured but was not recorded.
+        """
+        settings = self.settings
+        metric = settings.checkpoint_score_metric
+        if metric is not None and metric not in metrics:
+            raise MetricError(
+                f"checkpoint_score_metric {metric!r} has not been recorded; call "
+                f"record_metrics({metric}=...) before save_checkpoint(). "
+                f"Recorded: {sorted(metrics) or 'none'}."
+            )
+        started = time.perf_counter()
+        is_best = False
+        if metric is not None:
+            score = metrics[metric] * (1 if settings.checkpoint_score_order == "max" else -1)
+            is_best = self.best_score is None or score > self.best_score
+            self.best_score = score if is_best else self.best_score
+        full_state = self._pack(state, iteration, metrics)
+        reported = {"iteration": iteration, **metrics}
+        directory = staged = digests = None
+        if settings.is_rank_zero:
+            directory = self.backend.staging_dir / checkpoint_dir_name(iteration)
+            written = write_checkpoint(
+                directory,
+                full_state,
+                self.hyper_params.to_saved(),
+                {**metadata(), "metrics": reported},
+            )
+            digests = written["files"]
+            if self.mirror is not None:
+                expected = storage.join(self.backend.storage_uri, directory.name)
+                staged = self.mirror.stage(directory, expected)
+        location = self.backend.persist(directory, iteration, reported)
+        if self.mirror is not None:
+            self.mirror.log_metrics(reported)
+            self.mirror.mirror_checkpoint(staged, location, iteration, reported, digests, is_best)
+        if log and settings.is_rank_zero:
+            self.logger.info(
+                "saved checkpoint %s at iteration %d in %.3fs",
+                location,
+                iteration,
+                time.perf_counter() - started,
+            )
+        return location
+
+    def _pack(
+        self, state: dict[str, Any], iteration: int, metrics: Mapping[str, float]
+    ) -> dict[str, Any]:
+        """The trainer's state plus the base class's: iteration, metrics, every rank's RNG."""
+        reserved = [key for key in state if key.startswith("_")]
+        if reserved:
+            raise CheckpointStateError(
+                f"state keys {reserved} start with '_', which is reserved for the base class."
+            )
+        rng = get_rng_state()
+        world_size = self.settings.world_size
+        if world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, rng)  # every rank's stream, kept by rank 0
+            rngs = dict(enumerate(gathered))
+        else:
+            rngs = {self.settings.world_rank: rng}
+        return {
+            **state,
+            TRAINER_KEY: {
+                "iteration": iteration,
+                "metrics": dict(metrics),
+                "best_score": self.best_score,
+            },
+            RNG_KEY: rngs,
+        }
+
+    # ------------------------------------------------------------------ restoring
+
+    def restore(
+        self,
+        full_state: dict[str, Any],
+        apply: Callable[[int, dict[str, float], dict[str, Any]], None],
+    ) -> None:
+        """Set a loaded state: ``apply(iteration, metrics, trainer_state)``, then this rank's RNG.
+
+        Runs on every rank. A checkpoint saved by a different number of ranks cannot restore
+        every stream: they are reseeded, with a warning.
+        """
+        state = dict(full_state)
+        trainer_state = state.pop(TRAINER_KEY)
+        rngs = state.pop(RNG_KEY)
+        iteration = int(trainer_state["iteration"])
+        self.best_score = trainer_state.get("best_score")
+        apply(iteration, dict(trainer_state["metrics"]), state)
+        settings = self.settings
+        own = rngs.get(settings.world_rank)
+        if own is None or len(rngs) != settings.world_size:
+            self.logger.warning(
+                "checkpoint holds RNG state for %d rank(s) but this run has %d; random streams "
+                "are reseeded, so the resume is not exact.",
+                len(rngs),
+                settings.world_size,
+            )
+            seed_everything(self.hyper_params.seed + settings.world_rank + iteration)
+        else:
+            set_rng_state(own)
+
+    def load_active_run(self) -> dict[str, Any]:
+        """Load the newest checkpoint of this run that verifies; return its state.
+
+        Runs on every rank. Reads from the run's own storage (the backend), newest first; a
+        checkpoint that fails verification is skipped with a warning and the previous one is
+        tried.
+
+        Raises
+        ------
+        CheckPointNotFoundError
+            If the run has no checkpoint that verifies.
+        """
+        skipped = []
+        for directory in self.backend.checkpoint_candidates():
+            try:
+                loaded = read_checkpoint(directory, map_location=self.device)
+            except CheckpointCorruptError as exc:
+                self.logger.warning("skipping corrupt checkpoint: %s", exc)
+                skipped.append(directory.name)
+                continue
+            self._check_loaded(loaded, compare_params=True)
+            self.logger.info("resuming run %s from %s", self.settings.run_id, loaded.path)
+            return loaded.state
+        detail = f" (corrupt: {', '.join(skipped)})" if skipped else ""
+        raise CheckPointNotFoundError(
+            f"run {self.settings.run_id!r} has no usable checkpoint in "
+            f"{self.backend.storage_uri}{detail}."
+        )
+
+    def load_base_run(self, version: str = "latest") -> dict[str, Any]:
+        """Load checkpoint ``version`` of the base run (``hyper_params.base_run``).
+
+        From the base run's storage, or from its W&B artifact when it names a project and no
+        storage path; the digests are checked either way.
+
+        Raises
+        ------
+        CheckPointNotFoundError
+            If no base run is configured or the checkpoint is not found.
+        """
+        base = self.hyper_params.base_run
+        if base is None:
+            raise CheckPointNotFoundError(
+                "no base run is configured; set the 'base_run' section of the hyper-parameters."
+            )
+        with tempfile.TemporaryDirectory(prefix="raytrainer-base-") as workdir:
+            directory = fetch_base_run_checkpoint(
+                base, version, self.wandb_client_cls(), Path(workdir)
+            )
+            loaded = read_checkpoint(directory, map_location=self.device)
+        self._check_loaded(loaded, compare_params=False)
+        self.logger.info(
+            "warm start of run %s from base run checkpoint %s", self.settings.run_id, directory
+        )
+        return loaded.state
+
+    def _check_loaded(self, loaded: LoadedCheckpoint, compare_params: bool) -> None:
+        """Log a package-version difference and, for the active run, a hyper-parameter diff."""
+        their_version = loaded.metadata.get("package_version")
+        if their_version != __version__:
+            self.logger.warning(
+                "checkpoint %s was written by raytrainer %s; this is %s.",
+                loaded.path,
+                their_version,
+                __version__,
+            )
+        if compare_params:
+            theirs = type(self.hyper_params).from_saved(loaded.hyper_params)
+            diff = theirs.diff(self.hyper_params)
+            if diff:
+                lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                self.logger.warning("hyper-parameters differ from the checkpoint's: %s", lines)

@@ -1,0 +1,36 @@
+"""The in-process runner: the trainer runs in this process, so a breakpoint works."""
+
+from __future__ import annotations
+
+from raytrainer.build import build_trainer, local_settings
+from raytrainer.params import HyperParameters
+from raytrainer.runners.result import RunResult, already_complete, mark_complete
+from raytrainer.settings import ExperimentSettings
+
+
+def run_local(hyper_params: HyperParameters, settings: ExperimentSettings) -> RunResult:
+    """Run the trainer in this process; resume the run if it has checkpoints.
+
+    Checkpoints go to ``<storage>/<run id>/checkpoint_<n>``, the same layout as under Ray.
+    Rerunning a finished run returns at once with ``already_complete=True``.
+    """
+    settings = local_settings(hyper_params, settings)
+    backend = settings.backend
+    assert backend is not None
+    done = already_complete(backend.storage_uri, settings)
+    if done is not None:
+        return done
+    trainer = build_trainer(hyper_params, settings)
+    try:
+        trainer.train()
+    finally:
+        unmirrored = trainer.close()
+    result = RunResult(
+        trainer.run_id,
+        backend.storage_uri,
+        trainer.iteration,
+        dict(trainer.metrics),
+        unmirrored=unmirrored,
+    )
+    mark_complete(result, settings)
+    return result

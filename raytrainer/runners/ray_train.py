@@ -1,0 +1,304 @@
+"""The Ray Train runner: the trainer runs as Ray Train workers (DDP; gloo on CPU).
+
+Process map: :func:`run` and :class:`DriverProgress` run in the driver; :func:`train_worker`
+is the function Ray calls in every worker (it builds the trainer with a ``RayTrainBackend``);
+:class:`RunStatusActor` is a small actor through which rank 0 tells the driver its progress and
+what W&B missed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import threading
+import uuid
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+
+from raytrainer import storage
+from raytrainer.backends.ray_train import RayTrainBackend
+from raytrainer.build import build_trainer, load_hyper_params, resolve_settings, run_uri
+from raytrainer.errors import ConfigError, RunFailedError
+from raytrainer.params import HyperParameters
+from raytrainer.progress import ProgressBar, ProgressBarFactory
+from raytrainer.runners.result import RunResult, already_complete, mark_complete
+from raytrainer.settings import ExperimentSettings, Scaling
+
+
+def run(
+    hyper_params: HyperParameters,
+    settings: ExperimentSettings,
+    scaling: Scaling | None = None,
+    address: str | None = None,
+) -> RunResult:
+    """Run the trainer as Ray Train workers; resume the run if its storage has checkpoints.
+
+    Runs on the driver. Connects to the Ray cluster at ``address`` (or the one Ray finds:
+    ``RAY_ADDRESS``, a running local head, the cluster of a ``ray job``), or starts a local
+    instance for the run and stops it afterwards. The run is ``RunConfig(name=run_id)`` under
+    ``settings.storage_path``, so rerunning the same command after the driver dies resumes it.
+
+    Raises
+    ------
+    ConfigError
+        Before Ray starts, for a bad scaling or a batch size the workers cannot share.
+    RunFailedError
+        When the workers fail more than ``settings.max_failures`` times; it carries the
+        workers' error.
+    """
+    scaling = scaling or Scaling()
+    if hyper_params.batch_size % scaling.num_workers:
+        raise ConfigError(
+            f"batch_size={hyper_params.batch_size} is the global batch and must divide by "
+            f"num_workers={scaling.num_workers}."
+        )
+    settings = resolve_settings(hyper_params, settings)
+    storage_fs, storage_path = storage.resolve(str(settings.storage_path))  # before Ray starts
+    done = already_complete(run_uri(settings), settings)
+    if done is not None:
+        return done
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints shown once
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+    settings = with_wandb_folders(settings, on_this_machine=started and address is None)
+    try:
+        return _fit(hyper_params, settings, scaling, storage_fs, storage_path)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+_WANDB_FOLDERS = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")
+
+
+def with_wandb_folders(settings: ExperimentSettings, on_this_machine: bool) -> ExperimentSettings:
+    """Give rank 0 the driver's W&B folders: a Ray worker's cwd is a temporary session folder.
+
+    The driver's ``WANDB_*DIR`` variables are passed on; on a Ray instance this driver started
+    (one machine), ``WANDB_DIR`` defaults to the driver's working directory, as in-process.
+    Entries of ``settings.worker_env`` win. The API key is never passed on by raytrainer.
+    """
+    if settings.wandb_mode == "disabled":
+        return settings
+    env = {name: os.environ[name] for name in _WANDB_FOLDERS if os.environ.get(name)}
+    if on_this_machine:
+        env.setdefault("WANDB_DIR", os.getcwd())
+    return dataclasses.replace(settings, worker_env={**env, **settings.worker_env})
+
+
+def _fit(
+    hyper_params: HyperParameters,
+    settings: ExperimentSettings,
+    scaling: Scaling,
+    storage_fs: Any,
+    storage_path: str,
+) -> RunResult:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    run_id, uri = str(settings.run_id), run_uri(settings)
+    actor_name = f"raytrainer-status-{run_id}-{uuid.uuid4().hex[:6]}"
+    actor = RunStatusActor.options(name=actor_name).remote()
+    trainer = TorchTrainer(
+        train_loop_per_worker=train_worker,
+        train_loop_config={
+            "hyper_params": hyper_params.to_saved(),
+            "settings": settings.to_worker_config(),
+            "status_actor": actor_name,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.gpus_per_worker > 0,
+            resources_per_worker={
+                "CPU": scaling.cpus_per_worker,
+                **({"GPU": scaling.gpus_per_worker} if scaling.gpus_per_worker else {}),
+            },
+        ),
+        run_config=RunConfig(
+            name=run_id,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=settings.num_to_keep,
+                checkpoint_score_attribute=settings.checkpoint_score_metric,
+                checkpoint_score_order=settings.checkpoint_score_order,
+            ),
+            # Worker errors are retried max_failures times; a controller that cannot start
+            # the workers at all fails the run instead of retrying forever.
+            failure_config=FailureConfig(
+                max_failures=settings.max_failures, controller_failure_limit=3
+            ),
+            worker_runtime_env={"env_vars": dict(settings.worker_env)}
+            if settings.worker_env
+            else None,
+        ),
+    )
+    try:
+        with DriverProgress(actor, settings.progress_bar_factory, desc=run_id):
+            result = trainer.fit()
+        unmirrored = ray.get(actor.get_unmirrored.remote())
+    except SystemExit as exc:
+        # Ray Train's SIGINT handler aborts the controller and exits; to the caller this is
+        # a Ctrl-C like any other (the last checkpoint is intact; rerunning resumes).
+        raise KeyboardInterrupt from exc
+    except ray.train.TrainingFailedError as exc:
+        raise RunFailedError(
+            f"run {run_id} failed after {settings.max_failures} restart(s); the last good "
+            f"checkpoint is in {uri}. Workers reported:\n{exc}"
+        ) from exc
+    finally:
+        ray.kill(actor)
+    final = dict(result.metrics or {})  # reported with the last checkpoint
+    iteration = int(final.pop("iteration", 0))
+    out = RunResult(run_id, uri, iteration, final, unmirrored=unmirrored)
+    mark_complete(out, settings)
+    return out
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """The per-worker training function: build the scenario and the trainer, call ``train()``.
+
+    Runs in every Ray Train worker; Ray imports it from the installed package. ``config`` holds
+    the saved hyper-parameters, the plain settings and the status actor's name.
+    """
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    hyper_params = load_hyper_params(config["hyper_params"])
+    status = ray.get_actor(config["status_actor"]) if rank == 0 else None
+    plain = config["settings"]
+    settings = ExperimentSettings(
+        **plain,
+        device=str(ray.train.torch.get_device()),
+        world_rank=rank,
+        local_rank=context.get_local_rank(),
+        world_size=context.get_world_size(),
+        backend=RayTrainBackend(plain["run_id"], plain["storage_path"]),
+        progress_bar_factory=_remote_bar_factory(status) if status is not None else None,
+    )
+    trainer = build_trainer(hyper_params, settings)
+    try:
+        trainer.train()
+        unmirrored = trainer.close()
+        if status is not None:
+            ray.get(status.set_unmirrored.remote(unmirrored))
+    finally:
+        trainer.close()
+        shutil.rmtree(trainer.backend.staging_dir, ignore_errors=True)
+
+
+@ray.remote(num_cpus=0)
+class RunStatusActor:
+    """What rank 0 tells the driver: progress as it goes, and what W&B missed at the end."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.initial = 0
+        self.n = 0
+        self.unmirrored: list[str] = []
+
+    def set_unmirrored(self, names: list[str]) -> None:
+        """Record the checkpoints and artifacts the W&B mirror could not upload."""
+        self.unmirrored = list(names)
+
+    def get_unmirrored(self) -> list[str]:
+        """Return what :meth:`set_unmirrored` recorded."""
+        return self.unmirrored
+
+    def start(self, total: int, initial: int) -> None:
+        """Set the total and the starting position (a resumed run starts where it was)."""
+        self.total, self.initial, self.n = total, initial, initial
+
+    def update(self, n: int) -> None:
+        """Advance by ``n``."""
+        self.n += n
+
+    def get(self) -> tuple[int, int, int]:
+        """Return ``(total, initial, n)``."""
+        return self.total, self.initial, self.n
+
+
+class _RemoteBar:
+    """What rank 0's progress-bar factory returns: updates go to the actor, unawaited."""
+
+    def __init__(self, actor: Any, total: int, initial: int) -> None:
+        self._actor = actor
+        actor.start.remote(total, initial)
+
+    def update(self, n: int = 1) -> None:
+        self._actor.update.remote(n)
+
+    def close(self) -> None:
+        pass
+
+
+def _remote_bar_factory(actor: Any) -> ProgressBarFactory:
+    def factory(total: int, initial: int = 0, desc: str = "") -> ProgressBar:
+        return _RemoteBar(actor, total, initial)
+
+    return factory
+
+
+class DriverProgress:
+    """A driver thread that draws one bar from the :class:`RunStatusActor`.
+
+    Parameters
+    ----------
+    actor : ActorHandle
+        The run's status actor.
+    factory : ProgressBarFactory or None
+        Builds the driver's bar; ``None`` draws nothing.
+    desc : str
+        The bar's label.
+    interval : float
+        Seconds between reads of the actor.
+    """
+
+    def __init__(
+        self, actor: Any, factory: ProgressBarFactory | None, desc: str, interval: float = 0.5
+    ) -> None:
+        self._actor = actor
+        self._factory = factory
+        self._desc = desc
+        self._interval = interval
+        self._stop = threading.Event()
+        self._bar: ProgressBar | None = None
+        self._shown = 0
+        self._thread = threading.Thread(target=self._loop, name="raytrainer-progress", daemon=True)
+
+    def __enter__(self) -> DriverProgress:
+        if self._factory is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._factory is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._refresh()  # the last counts, after the run
+        if self._bar is not None:
+            self._bar.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        try:
+            total, initial, n = ray.get(self._actor.get.remote(), timeout=10)
+        except (ray.exceptions.RayError, TimeoutError):
+            return
+        if total == 0:
+            return
+        if self._bar is None:
+            assert self._factory is not None
+            self._bar = self._factory(total=total, initial=initial, desc=self._desc)
+            self._shown = initial
+        if n != self._shown:
+            self._bar.update(n - self._shown)
+            self._shown = n
