@@ -87,6 +87,14 @@ class RegressionTrainer(Trainer):
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
 
+    def _apply_hyper_params(self) -> None:
+        # A loaded optimizer state carries its old learning rate; the hyper-parameters win
+        # (after a PBT exploit they hold the mutated value).
+        params = self.hyper_params.agent_params("agent")
+        for group in self.optimizer.param_groups:
+            group["lr"] = params.learning_rate
+            group["weight_decay"] = params.weight_decay
+
     def training_step(self) -> None:
         """One optimiser step on this rank's share of the next global batch."""
         idx = self.sampler.next_batch()

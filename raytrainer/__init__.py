@@ -44,6 +44,8 @@ _WHERE = {
     "register_trainer": "raytrainer.trainer",
     "run": "raytrainer.runners.ray_train",
     "run_local": "raytrainer.runners.local",
+    "sweep": "raytrainer.runners.tune",
+    "SweepResult": "raytrainer.runners.tune",
 }
 
 __all__ = sorted([*_WHERE, "__version__"])

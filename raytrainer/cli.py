@@ -1,4 +1,4 @@
-"""The ``raytrainer`` command: ``run`` and ``checkpoints``.
+"""The ``raytrainer`` command: ``run``, ``sweep`` and ``checkpoints``.
 
 The flags of ``run`` that set :class:`~raytrainer.settings.ExperimentSettings` and
 :class:`~raytrainer.settings.Scaling` are generated from those classes' fields — name, type,
@@ -122,6 +122,21 @@ def _parser() -> argparse.ArgumentParser:
     add_dataclass_flags(run, Scaling, "Ray workers (ignored with --local)")
     add_dataclass_flags(run, ExperimentSettings, "settings")
 
+    sweep = sub.add_parser("sweep", help="run (or continue) a Ray Tune sweep from a sweep file")
+    sweep.add_argument("sweep_file", type=Path, help="the sweep: base config, space, scheduler")
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a hyper-parameter of the base config by dotted path; repeatable",
+    )
+    sweep.add_argument(
+        "--address", help="Ray cluster to use (default: RAY_ADDRESS, a running one, or a new one)"
+    )
+    add_dataclass_flags(sweep, ExperimentSettings, "settings shared by every trial")
+
     ckpt = sub.add_parser("checkpoints", help="list and describe checkpoints")
     ckpt_sub = ckpt.add_subparsers(dest="action", required=True)
     ls = ckpt_sub.add_parser("ls", help="list a run's checkpoints")
@@ -151,6 +166,19 @@ def _run(args: argparse.Namespace) -> int:
         print(f"not mirrored to W&B (safe in storage): {', '.join(result.unmirrored)}")
     state = "already complete" if result.already_complete else "complete"
     print(f"run {result.run_id} {state} at iteration {result.iteration}: {result.storage_uri}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from raytrainer.sweep_config import load_sweep
+
+    # Flags on the command line win over the sweep file's settings, which win over defaults.
+    given = dataclass_from_flags(ExperimentSettings, args)
+    flags = {f.name for f in dataclasses.fields(ExperimentSettings) if hasattr(args, f.name)}
+    spec = load_sweep(args.sweep_file, args.overrides, given, flags)
+    from raytrainer.runners.tune import format_summary, sweep
+
+    print(format_summary(sweep(spec, address=args.address)))
     return 0
 
 
@@ -193,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        return _run(args) if args.command == "run" else _checkpoints(args)
+        command = {"run": _run, "sweep": _sweep, "checkpoints": _checkpoints}[args.command]
+        return command(args)
     except RunFailedError as exc:
         print(f"raytrainer: error: {exc}", file=sys.stderr)
         return 1

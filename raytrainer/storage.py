@@ -134,3 +134,11 @@ def download_dir(location: str, local: Path) -> Path:
         path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
     )
     return local
+
+
+def upload_file(local: Path, location: str) -> None:
+    """Copy one local file to ``location`` (a path or URI), creating parent folders."""
+    fs, path = resolve(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with open(local, "rb") as source, fs.open_output_stream(path) as stream:
+        stream.write(source.read())

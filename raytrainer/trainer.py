@@ -7,6 +7,7 @@ how is ``checkpoint/checkpointer.py``'s business, and where, the backend's (``se
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,7 +62,6 @@ class Trainer(DataParallelMixin, ABC):
 
     hyper_params_cls: ClassVar[type[HyperParameters]] = HyperParameters
     """The hyper-parameter class of this trainer; configs are validated against it."""
-
     wandb_client_cls: ClassVar[type[WandbClient]] = WandbClient
     """The seam to W&B; swap it to change or stand in for every call to W&B."""
 
@@ -73,9 +73,8 @@ class Trainer(DataParallelMixin, ABC):
     ) -> None:
         if settings.backend is None or settings.run_id is None:
             raise ConfigError(
-                "settings.backend and settings.run_id are set by the runner; build the trainer "
-                "with raytrainer.build_trainer(hyper_params, settings), or pass it settings "
-                "from raytrainer.build.local_settings(hyper_params, settings)."
+                "settings.backend and settings.run_id are set by the runner; use "
+                "raytrainer.build_trainer, or settings from raytrainer.build.local_settings."
             )
         self.hyper_params = hyper_params
         self.scenario_instance = scenario_instance
@@ -100,12 +99,9 @@ class Trainer(DataParallelMixin, ABC):
         settings, hyper_params = self.settings, self.hyper_params
         seed_everything(hyper_params.seed + settings.world_rank)
         self._build()
-        if not (settings.do_not_load_checkpoint or settings.test_run):
-            try:
-                self.load_and_set_state_from_checkpoint()
-                return
-            except CheckPointNotFoundError:
-                pass
+        with contextlib.suppress(CheckPointNotFoundError):  # a run's first start has none
+            if not (settings.do_not_load_checkpoint or settings.test_run):
+                return self.load_and_set_state_from_checkpoint()
         if hyper_params.base_run is not None and not settings.test_run:
             self.load_and_set_state_from_checkpoint(
                 from_base_run=True, version=hyper_params.base_run.version
@@ -128,14 +124,20 @@ class Trainer(DataParallelMixin, ABC):
     def _state_dict(self) -> dict[str, Any]:
         """Return the subclass's state: module/optimiser state dicts, sampler positions, ...
 
-        Values are tensors, numbers, strings, lists and dicts; an entry holding tensors is
-        saved as ``<key>.pt``, the rest in ``state.json``. Keys starting with ``_`` are
-        reserved for the base class.
+        Tensors, numbers, strings, lists and dicts; an entry holding tensors is saved as
+        ``<key>.pt``, the rest in ``state.json``. Keys starting with ``_`` are reserved.
         """
         return {}
 
     def _load_state_dict(self, state: dict[str, Any]) -> None:
         """Set the subclass's state from what :meth:`_state_dict` returned."""
+
+    def _apply_hyper_params(self) -> None:
+        """Push ``self.hyper_params`` into built objects; called after every restore.
+
+        A loaded optimizer state carries its saved learning rate, while after a PBT exploit the
+        hyper-parameters hold the mutated one: set ``group["lr"]`` and the like here.
+        """
 
     @abstractmethod
     def train(self) -> None:
@@ -260,6 +262,7 @@ class Trainer(DataParallelMixin, ABC):
     def _apply_state(self, iteration: int, metrics: dict[str, float], state: dict) -> None:
         self.iteration, self.metrics = iteration, metrics
         self._load_state_dict(state)
+        self._apply_hyper_params()
 
     def save_checkpoint(self, log: bool = True) -> None:
         """Save the state of the experiment to a checkpoint.
@@ -285,8 +288,6 @@ class Trainer(DataParallelMixin, ABC):
         self._checkpointer.add_artifact_file(
             artifact_name, artifact_type, file_path, self.iteration
         )
-
-    # ------------------------------------------------------------------ progress
 
     def get_total_num_iterations(self) -> int:
         """Get the total number of iterations that the trainer will run for.

@@ -204,6 +204,7 @@ PUBLIC = [
     "Scaling",
     "ScenarioInstance",
     "ShardedBatchSampler",
+    "SweepResult",
     "Trainer",
     "__version__",
     "attach_progress_bar",
@@ -215,6 +216,7 @@ PUBLIC = [
     "register_trainer",
     "run",
     "run_local",
+    "sweep",
 ]
 
 

@@ -114,6 +114,8 @@ class Checkpointer:
         self.wandb_client_cls = wandb_client_cls
         self.logger: logging.Logger = settings.get_logger()
         self.best_score: float | None = None
+        self.restored_from: dict[str, Any] | None = None
+        """The run and iteration of the checkpoint this process started from, if any."""
         self.mirror = open_mirror(
             settings, hyper_params.to_dict(), backend.staging_dir, wandb_client_cls
         )
@@ -204,7 +206,7 @@ class Checkpointer:
                 directory,
                 full_state,
                 self.hyper_params.to_saved(),
-                {**metadata(), "metrics": reported},
+                {**metadata(), "metrics": reported, "restored_from": self.restored_from},
             )
             digests = written["files"]
             if self.mirror is not None:
@@ -338,7 +340,16 @@ class Checkpointer:
         return loaded.state
 
     def _check_loaded(self, loaded: LoadedCheckpoint, compare_params: bool) -> None:
-        """Log a package-version difference and, for the active run, a hyper-parameter diff."""
+        """Note where the state came from; log version and hyper-parameter differences.
+
+        Every later checkpoint's metadata names this one (``restored_from``): after a PBT
+        exploit, that is the donor trial's run.
+        """
+        self.restored_from = {
+            "run_id": loaded.metadata.get("run_id"),
+            "iteration": loaded.metadata.get("iteration"),
+            "path": str(loaded.path),
+        }
         their_version = loaded.metadata.get("package_version")
         if their_version != __version__:
             self.logger.warning(

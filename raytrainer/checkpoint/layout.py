@@ -68,6 +68,15 @@ RESTORE_DIR = "restore"
 BASE_RUN_DIR = "base_run"
 """In a temporary folder: a base run's checkpoint downloaded for a warm start."""
 
+# A sweep folder, <storage root>/<sweep name>/, is Ray Tune's experiment folder (its trials'
+# folders and state) plus the summary raytrainer writes when the sweep ends:
+SWEEP_SUMMARY_FILE = "sweep_summary.json"
+"""The best trial and one row per trial: values, status, iterations, metric, checkpoint."""
+SWEEP_TABLE_FILE = "sweep_summary.csv"
+"""The same rows as a table."""
+SWEEP_PLOT_FILE = "sweep_metric.png"
+"""The metric against iteration for every trial; stopped trials marked."""
+
 _NAME_RE = re.compile(r"^checkpoint_(\d{6,})$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _PLAIN = (str, int, float, bool, type(None))

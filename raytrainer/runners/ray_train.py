@@ -91,25 +91,30 @@ def with_wandb_folders(settings: ExperimentSettings, on_this_machine: bool) -> E
     return dataclasses.replace(settings, worker_env={**env, **settings.worker_env})
 
 
-def _fit(
+def torch_trainer(
     hyper_params: HyperParameters,
     settings: ExperimentSettings,
     scaling: Scaling,
     storage_fs: Any,
     storage_path: str,
-) -> RunResult:
+    status_actor: str | None = None,
+    callbacks: list[Any] | None = None,
+) -> ray.train.torch.TorchTrainer:
+    """The ``TorchTrainer`` of a resolved run: ``RunConfig(name=run_id)`` under the storage root.
+
+    Runs on the driver (or in a sweep trial that drives a nested run). Retention, failure
+    limits and worker environment come from ``settings``; ``status_actor`` names the actor rank
+    0 reports progress to; ``callbacks`` run on Ray Train's controller.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    run_id, uri = str(settings.run_id), run_uri(settings)
-    actor_name = f"raytrainer-status-{run_id}-{uuid.uuid4().hex[:6]}"
-    actor = RunStatusActor.options(name=actor_name).remote()
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker=train_worker,
         train_loop_config={
             "hyper_params": hyper_params.to_saved(),
             "settings": settings.to_worker_config(),
-            "status_actor": actor_name,
+            "status_actor": status_actor,
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -120,7 +125,7 @@ def _fit(
             },
         ),
         run_config=RunConfig(
-            name=run_id,
+            name=settings.run_id,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(
@@ -136,8 +141,22 @@ def _fit(
             worker_runtime_env={"env_vars": dict(settings.worker_env)}
             if settings.worker_env
             else None,
+            callbacks=callbacks,
         ),
     )
+
+
+def _fit(
+    hyper_params: HyperParameters,
+    settings: ExperimentSettings,
+    scaling: Scaling,
+    storage_fs: Any,
+    storage_path: str,
+) -> RunResult:
+    run_id, uri = str(settings.run_id), run_uri(settings)
+    actor_name = f"raytrainer-status-{run_id}-{uuid.uuid4().hex[:6]}"
+    actor = RunStatusActor.options(name=actor_name).remote()
+    trainer = torch_trainer(hyper_params, settings, scaling, storage_fs, storage_path, actor_name)
     try:
         with DriverProgress(actor, settings.progress_bar_factory, desc=run_id):
             result = trainer.fit()
@@ -164,12 +183,13 @@ def train_worker(config: dict[str, Any]) -> None:
     """The per-worker training function: build the scenario and the trainer, call ``train()``.
 
     Runs in every Ray Train worker; Ray imports it from the installed package. ``config`` holds
-    the saved hyper-parameters, the plain settings and the status actor's name.
+    the saved hyper-parameters, the plain settings and the status actor's name (or ``None``).
     """
     context = ray.train.get_context()
     rank = context.get_world_rank()
     hyper_params = load_hyper_params(config["hyper_params"])
-    status = ray.get_actor(config["status_actor"]) if rank == 0 else None
+    named = config["status_actor"]
+    status = ray.get_actor(named) if rank == 0 and named else None
     plain = config["settings"]
     settings = ExperimentSettings(
         **plain,
