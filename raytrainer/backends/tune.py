@@ -2,24 +2,35 @@
 
 Runs inside a Tune trial whose trainer is a single process (the trial function itself). Every
 checkpoint is reported with its metrics, so schedulers see the metric at every report and PBT
-has a checkpoint to copy. A trial restores only from ``tune.get_checkpoint()``: its own newest,
-or — after a PBT exploit — the donor trial's. Tune keeps checkpoints in the trial's folder
-under its own names (``checkpoint_000003``, by count); the iteration is in ``metadata.json``.
+has a checkpoint to copy. A trial restores from ``tune.get_checkpoint()``: its own newest,
+or — after a PBT exploit — the donor trial's. Only when Tune hands it none (a first start, or a
+sweep driver killed before it recorded the trial's newest checkpoint) does it look in its own
+trial folder. Tune keeps checkpoints there under its own names (``checkpoint_000003``, by
+count); the iteration is in ``metadata.json``.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 from ray import tune
+from ray.train._internal.session import get_session  # the trial's storage (Ray 2.60)
 
 from raytrainer import storage
 from raytrainer.backends.base import Backend
+from raytrainer.checkpoint.layout import METADATA_FILE, RESTORE_DIR
 from raytrainer.errors import MetricError
+
+
+def _dirs(fs: pafs.FileSystem, path: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
 class TuneBackend(Backend):
@@ -36,7 +47,14 @@ class TuneBackend(Backend):
     def __init__(self, run_id: str, metric: str) -> None:
         self.run_id = run_id
         self.metric = metric
-        self.storage_uri = tune.get_context().get_trial_dir()
+        # Where Tune persists this trial: its storage filesystem and the trial's path on it.
+        trial_storage = get_session().storage
+        self._fs = trial_storage.storage_filesystem
+        self._trial_path = trial_storage.trial_fs_path
+        scheme = self._fs.type_name
+        self.storage_uri = (
+            self._trial_path if scheme == "local" else f"{scheme}://{self._trial_path}"
+        )
         self._staging_dir: Path | None = None
 
     @property
@@ -47,11 +65,41 @@ class TuneBackend(Backend):
         return self._staging_dir
 
     def checkpoint_candidates(self) -> Iterator[Path]:
-        """Yield the checkpoint Tune hands this trial, if any: its own, or a PBT donor's."""
+        """Yield the checkpoint Tune hands this trial (its own, or a PBT donor's).
+
+        Without one, yield this trial's checkpoints already in the sweep folder, newest first:
+        a restored sweep may give a trial whose start Tune had not recorded a new folder, so
+        every folder of this trial id is searched.
+        """
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 yield Path(directory)
+            return
+        for location in self._own_checkpoints():
+            if not storage.is_uri(location):
+                yield Path(location)
+            else:
+                name = location.rsplit("/", 1)[-1]
+                yield storage.download_dir(location, self.staging_dir / RESTORE_DIR / name)
+
+    def _own_checkpoints(self) -> list[str]:
+        experiment, _, trial_dir = self._trial_path.rpartition("/")
+        trial_id = get_session().trial_id
+        found = []
+        for folder in _dirs(self._fs, experiment):
+            if f"_{trial_id}_" not in f"_{folder}_":
+                continue
+            for name in _dirs(self._fs, f"{experiment}/{folder}"):
+                meta = f"{experiment}/{folder}/{name}/{METADATA_FILE}"
+                try:
+                    with self._fs.open_input_stream(meta) as stream:
+                        iteration = int(json.loads(stream.read())["iteration"])
+                except (OSError, ValueError, KeyError):
+                    continue  # not ours, or incomplete: never a candidate
+                found.append((iteration, folder == trial_dir, f"{folder}/{name}"))
+        root = self.storage_uri.rpartition("/")[0]
+        return [storage.join(root, path) for *_, path in sorted(found, reverse=True)]
 
     def persist(self, directory: Path | None, iteration: int, metrics: Mapping[str, Any]) -> str:
         """Report the metrics and the checkpoint to Tune; return where Tune keeps it.
@@ -73,16 +121,9 @@ class TuneBackend(Backend):
             raise ValueError("a Tune trial runs one process, which must pass its folder.")
         tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(directory))
         shutil.rmtree(directory, ignore_errors=True)
-        return storage.join(self.storage_uri, _latest_checkpoint_name())
+        return storage.join(self.storage_uri, get_session().storage.checkpoint_dir_name)
 
     def cleanup(self) -> None:
         """Remove this trial's staging folder."""
         if self._staging_dir is not None:
             shutil.rmtree(self._staging_dir, ignore_errors=True)
-
-
-def _latest_checkpoint_name() -> str:
-    # Tune numbers checkpoints by report count; its session knows the current one.
-    from ray.train._internal.session import get_session
-
-    return get_session().storage.checkpoint_dir_name

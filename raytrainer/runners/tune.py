@@ -15,6 +15,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -201,7 +202,8 @@ def _new_tuner(
     else:
         from ray.tune.search import BasicVariantGenerator
 
-        search_alg = BasicVariantGenerator(random_state=config.seed)
+        # A generator instance ignores TuneConfig(max_concurrent_trials): it takes its own.
+        search_alg = BasicVariantGenerator(random_state=config.seed, max_concurrent=concurrency)
     settings = spec.settings
     num_to_keep = None if isinstance(config.scheduler, PBTConfig) else settings.num_to_keep
     reporter = tune.CLIReporter(
@@ -245,8 +247,9 @@ def trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     overrides = [override(path, value) for path, value in config.items()]
     hyper_params = load_hyper_params(spec["base"], overrides)
     plain = {**spec["settings"], "run_id": run_id}
-    for name, value in plain.get("worker_env", {}).items():
-        os.environ.setdefault(name, value)  # W&B folders: a trial's cwd is Ray's session dir
+    # worker_env (W&B folders among them: a trial's cwd is Ray's session folder) reaches a
+    # single-process trial here; a nested run's workers get it through Ray Train.
+    os.environ.update(plain.get("worker_env", {}))
     scaling = spec["scaling"]
     if scaling["num_workers"] == 1:
         backend = TuneBackend(run_id, spec["metric"])
@@ -277,10 +280,14 @@ def _nested_train_run(hyper_params: Any, plain: dict[str, Any], spec: dict[str, 
         settings, storage_path=storage.join(str(settings.storage_path), spec["name"])
     )
     storage_fs, storage_path = storage.resolve(str(settings.storage_path))
+    scaling = Scaling(**spec["scaling"])
+    # This trial's own actor holds NESTED_TRIAL_CPU; it comes out of its workers' share, so a
+    # trial needs exactly num_workers * cpus_per_worker (2 workers fit a 2-CPU machine).
+    share = scaling.cpus_per_worker - NESTED_TRIAL_CPU / scaling.num_workers
     trainer = torch_trainer(
         hyper_params,
         settings,
-        Scaling(**spec["scaling"]),
+        dataclasses.replace(scaling, cpus_per_worker=share),
         storage_fs,
         storage_path,
         callbacks=[TuneReportCallback()],
@@ -329,7 +336,7 @@ def _summarise(spec: Sweep, results: Any, path: str) -> SweepResult:
                 ),
                 "stopped_early": stopped,
                 "checkpoint": checkpoint,
-                "error": str(result.error).splitlines()[0] if result.error else None,
+                "error": _last_line(result.error) if result.error else None,
             }
         )
         histories[trial_id] = (iterations, history, stopped)
@@ -345,6 +352,12 @@ def _summarise(spec: Sweep, results: Any, path: str) -> SweepResult:
     summary = SweepResult(spec.name, path, config.metric, config.mode, best, rows)
     _write_summary(summary, histories)
     return summary
+
+
+def _last_line(error: BaseException) -> str:
+    """The line of a (remote) traceback that says what went wrong, without colour codes."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines()]
+    return next((ln for ln in reversed(lines) if ln), type(error).__name__)
 
 
 def _write_summary(summary: SweepResult, histories: dict[str, Any]) -> None:

@@ -4,7 +4,10 @@ When ``RAYTRAINER_TEST_GATE`` is ``"<iteration>:<folder>"``, rank 0 writes
 ``GATE <iteration> <pid>`` into the FIFO ``<folder>/out`` after saving that checkpoint, then
 blocks opening the FIFO ``<folder>/hold``, which nobody opens. A test reads the line (a
 blocking read, no sleep) and kills the process it names, or its driver, at a known point.
-Without the variable this is the example trainer.
+With ``RAYTRAINER_TEST_GATE_SKIP=n`` the gate lets the first ``n`` processes pass that
+iteration (a sweep's earlier trials) and stops the next one. ``RAYTRAINER_TEST_STARTS`` names a
+file that gets a line ``<run id> <iteration>`` each time ``train()`` starts, so a test sees where
+every attempt began. Without the variables this is the example trainer.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from pathlib import Path
 from examples.regression import RegressionTrainer
 
 GATE_ENV = "RAYTRAINER_TEST_GATE"
+SKIP_ENV = "RAYTRAINER_TEST_GATE_SKIP"
+STARTS_ENV = "RAYTRAINER_TEST_STARTS"
 
 
 def make_gate(folder: Path, iteration: int) -> str:
@@ -23,6 +28,15 @@ def make_gate(folder: Path, iteration: int) -> str:
     os.mkfifo(folder / "out")
     os.mkfifo(folder / "hold")
     return f"{iteration}:{folder}"
+
+
+def read_starts(path: Path) -> dict[str, list[int]]:
+    """Where each run's ``train()`` calls started, in order, from a starts file."""
+    starts: dict[str, list[int]] = {}
+    for line in Path(path).read_text().splitlines() if Path(path).exists() else []:
+        run_id, iteration = line.split()
+        starts.setdefault(run_id, []).append(int(iteration))
+    return starts
 
 
 def wait_for_gate(folder: Path) -> tuple[int, int]:
@@ -36,6 +50,13 @@ def wait_for_gate(folder: Path) -> tuple[int, int]:
 class GatedRegressionTrainer(RegressionTrainer):
     """:class:`RegressionTrainer` that can block after one checkpoint (see module docstring)."""
 
+    def train(self) -> None:
+        starts = os.environ.get(STARTS_ENV)
+        if starts and self.settings.is_rank_zero:
+            with open(starts, "a") as out:  # one short line: appends do not interleave
+                out.write(f"{self.run_id} {self.iteration}\n")
+        super().train()
+
     def save_checkpoint(self, log: bool = True) -> None:
         super().save_checkpoint(log)
         gate = os.environ.get(GATE_ENV)
@@ -44,6 +65,11 @@ class GatedRegressionTrainer(RegressionTrainer):
         iteration, folder = gate.split(":", 1)
         fired = Path(folder) / "fired"
         if self.iteration == int(iteration) and not fired.exists():
+            passes = Path(folder) / "passes"
+            with open(passes, "a") as out:
+                out.write(".")
+            if len(passes.read_text()) <= int(os.environ.get(SKIP_ENV, "0")):
+                return
             fired.touch()  # once: a resumed run may pass this iteration again
             with open(Path(folder) / "out", "w") as fifo:
                 fifo.write(f"GATE {self.iteration} {os.getpid()}\n")

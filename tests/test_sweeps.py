@@ -1,0 +1,226 @@
+"""Ray Tune sweeps: a bad sweep file fails at once; ASHA, PBT and a killed driver, for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers.gated import GATE_ENV, SKIP_ENV, STARTS_ENV, make_gate, read_starts, wait_for_gate
+from helpers.wandb_records import read_records
+
+from raytrainer import ConfigError, ExperimentSettings, sweep
+from raytrainer.checkpoint import read_checkpoint
+from raytrainer.sweep_config import load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sweep_file(tmp_path, tiny_config, **sweep) -> Path:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**tiny_config, "num_iterations": 60}))
+    spec = {
+        "name": "s",
+        "base": "base.yaml",
+        "metric": "loss",
+        "mode": "min",
+        "settings": {"checkpoint_period": 10, "wandb_mode": "disabled"},
+        **sweep,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _cli(args, cwd, env_extra=None, **popen):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", **(env_extra or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "raytrainer", *map(str, args)], cwd=cwd, env=env, text=True, **popen
+    )
+
+
+def _checkpoints(sweep_dir: Path) -> list[Path]:
+    return sorted(
+        p.parent for p in sweep_dir.rglob("metadata.json") if "checkpoint" in p.parent.name
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (
+            {"search": {"agents._default.learnin_rate": {"grid": [0.1]}}},
+            "search.agents._default.learnin_rate: not a hyper-parameter; "
+            "did you mean 'agents._default.learning_rate'?",
+        ),
+        ({"search": {"batch_size": {"normal": [1, 2]}}}, "must be one of {grid: ...}"),
+        ({"search": {"hidden_dim": {"loguniform": [0, 8]}}}, "loguniform needs low > 0"),
+        ({"search": {"batch_size": {"grid": [16, 0]}}}, "batch_size: Input should be greater"),
+        ({"scheduler": {"type": "asha", "max_t": 500}}, "scheduler.max_t: 500 is more than"),
+        ({"scheduler": {"type": "hyperband"}}, "scheduler"),
+        ({"settings": {"checkpoint_perod": 5}}, "did you mean 'checkpoint_period'?"),
+        ({"metrc": "loss"}, "metrc: unknown field"),
+    ],
+)
+def test_a_bad_sweep_file_is_one_clear_error_before_ray_starts(
+    tmp_path, tiny_config, change, needle
+):
+    path = _sweep_file(tmp_path, tiny_config, **change)
+    with pytest.raises(ConfigError) as caught:
+        load_sweep(path)
+    assert needle in " ".join(str(caught.value).split())
+    proc = _cli(["sweep", path], tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert err.startswith("raytrainer: error: invalid sweep")
+    assert "ray" not in out.lower() and not (tmp_path / "raytrainer_runs").exists()
+
+
+def test_a_trial_larger_than_the_cluster_is_refused(ray_cluster, tmp_path, tiny_config):
+    path = _sweep_file(tmp_path, tiny_config, scaling={"num_workers": 4})
+    with pytest.raises(ConfigError, match="a trial needs 4 CPU .* the Ray cluster has 2 CPU"):
+        sweep(path, settings=ExperimentSettings(storage_path=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs" / "s").exists()
+
+
+def test_asha_grid_stops_weak_trials_and_names_the_best(ray_cluster, tmp_path, tiny_config):
+    """3 learning rates x 2 batch sizes, one trial at a time (so ASHA's cuts are repeatable)."""
+    wandb_dir = tmp_path / "wandb"
+    env = {var: str(wandb_dir / var.lower()) for var in ("WANDB_DIR", "WANDB_DATA_DIR")}
+    path = _sweep_file(
+        tmp_path,
+        tiny_config,
+        name="grid",
+        search={
+            "agents._default.learning_rate": {"grid": [0.0001, 0.003, 0.03]},
+            "batch_size": {"grid": [16, 64]},
+        },
+        scheduler={"type": "asha", "max_t": 60, "grace_period": 10, "reduction_factor": 3},
+        max_concurrent_trials=1,
+        settings={"checkpoint_period": 10, "wandb_mode": "offline", "worker_env": env},
+    )
+    result = sweep(path, settings=ExperimentSettings(storage_path=str(tmp_path / "runs")))
+    sweep_dir = tmp_path / "runs" / "grid"
+    rows = result.trials
+    assert len(rows) == 6 and {r["status"] for r in rows} <= {"DONE", "STOPPED"}
+    stopped = [r for r in rows if r["status"] == "STOPPED"]
+    assert stopped and all(r["iteration"] < 60 for r in stopped)
+    assert sum(r["iteration"] for r in rows) < 6 * 60  # ASHA saved iterations
+    # The best is the lowest final loss among trials that ran to the end, and says where its
+    # checkpoint is: a verified checkpoint of that very run at iteration 60.
+    done = [r for r in rows if r["status"] == "DONE"]
+    assert result.best == min(done, key=lambda r: r["loss_last"])
+    best_checkpoint = read_checkpoint(Path(result.best["checkpoint"]))
+    assert (
+        best_checkpoint.metadata["run_id"]
+        == result.best["run_id"]
+        == f"grid-{result.best['trial_id']}"
+    )
+    assert best_checkpoint.iteration == 60
+    assert best_checkpoint.metadata["metrics"]["loss"] == result.best["loss_last"]
+    saved = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert saved["best"]["trial_id"] == result.best["trial_id"] and len(saved["trials"]) == 6
+    csv_lines = (sweep_dir / "sweep_summary.csv").read_text().splitlines()
+    assert len(csv_lines) == 7 and "config.agents._default.learning_rate" in csv_lines[0]
+    assert (sweep_dir / "sweep_metric.png").read_bytes()[:4] == b"\x89PNG"
+    # Each trial is its own W&B run, in a group named after the sweep.
+    runs = {
+        (r.run.run_id, r.run.run_group)
+        for p in wandb_dir.rglob("run-*.wandb")
+        for r in read_records(p)
+        if r.WhichOneof("record_type") == "run"
+    }
+    assert runs == {(r["run_id"], "grid") for r in rows}
+
+
+def test_pbt_exploits_and_the_mutated_value_is_what_the_optimizer_uses(
+    ray_cluster, tmp_path, tiny_config
+):
+    path = _sweep_file(
+        tmp_path,
+        tiny_config,
+        name="pbt",
+        num_samples=4,
+        search={"agents._default.learning_rate": {"loguniform": [0.0001, 0.1]}},
+        scheduler={
+            "type": "pbt",
+            "perturbation_interval": 10,
+            "hyperparam_mutations": {
+                "agents._default.learning_rate": {"loguniform": [0.0001, 0.1]}
+            },
+        },
+        seed=1,
+    )
+    result = sweep(path, settings=ExperimentSettings(storage_path=str(tmp_path / "runs")))
+    assert len(result.trials) == 4 and all(r["status"] == "DONE" for r in result.trials)
+    inherited = []
+    for folder in _checkpoints(tmp_path / "runs" / "pbt"):
+        checkpoint = read_checkpoint(folder)
+        lr = checkpoint.hyper_params["params"]["agents"]["_default"]["learning_rate"]
+        assert checkpoint.state["optimizer"]["param_groups"][0]["lr"] == lr, folder
+        source = checkpoint.metadata["restored_from"]
+        if source and source["run_id"] != checkpoint.metadata["run_id"]:
+            inherited.append((checkpoint, source, lr))
+    assert inherited, "no trial ever continued from another trial's checkpoint"
+    for checkpoint, source, _ in inherited:
+        assert source["run_id"].startswith("pbt-")
+        assert checkpoint.iteration > source["iteration"]
+    # Exploiting trials run with a mutated learning rate, not the donor's.
+    donors = {}
+    for folder in _checkpoints(tmp_path / "runs" / "pbt"):
+        meta = read_checkpoint(folder)
+        donors[(meta.metadata["run_id"], meta.iteration)] = meta.hyper_params
+    assert any(
+        lr != donors[(s["run_id"], s["iteration"])]["params"]["agents"]["_default"]["learning_rate"]
+        for _, s, lr in inherited
+        if (s["run_id"], s["iteration"]) in donors
+    )
+
+
+def test_a_killed_sweep_driver_continues_where_it_stopped(ray_cluster, tmp_path, tiny_config):
+    """Three trials one after another; the driver is SIGKILLed while trial 2 is at iteration 20."""
+    starts = tmp_path / "starts.txt"
+    gate = make_gate(tmp_path / "gate", 20)
+    path = _sweep_file(
+        tmp_path,
+        {**tiny_config, "trainer": "helpers.gated:GatedRegressionTrainer"},
+        name="resumable",
+        search={"agents._default.learning_rate": {"grid": [0.001, 0.003, 0.01]}},
+        max_concurrent_trials=1,
+        settings={
+            "checkpoint_period": 10,
+            "wandb_mode": "disabled",
+            "worker_env": {GATE_ENV: gate, SKIP_ENV: "1", STARTS_ENV: str(starts)},
+        },
+    )
+    args = ["sweep", path, "--address", ray_cluster["gcs"], "--storage-path", tmp_path / "runs"]
+    proc = _cli(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    iteration, _ = wait_for_gate(tmp_path / "gate")  # trial 2 saved checkpoint 20, and waits
+    assert iteration == 20
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = read_starts(starts)
+    assert list(before.values()) == [[0], [0]]  # trial 1 finished, trial 2 started
+
+    proc = _cli(args, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "continuing sweep resumable" in err
+    after = read_starts(starts)
+    first, second = before
+    assert len(after) == 3
+    assert after[first] in ([0], [0, 60])  # finished: never trained again
+    assert after[second] == [0, 20]  # resumed from its checkpoint 20, not from scratch
+    third = next(r for r in after if r not in before)
+    assert after[third] == [0]
+    summary = json.loads((tmp_path / "runs" / "resumable" / "sweep_summary.json").read_text())
+    assert sorted(r["status"] for r in summary["trials"]) == ["DONE"] * 3
+    assert all(r["iteration"] == 60 for r in summary["trials"])
+    # The resumed trial's last checkpoint descends from its own checkpoint 20.
+    resumed = next(r for r in summary["trials"] if r["run_id"] == second)
+    source = read_checkpoint(Path(resumed["checkpoint"])).metadata["restored_from"]
+    assert (source["run_id"], source["iteration"]) == (second, 20)
