@@ -21,8 +21,9 @@ from raytrainer.sweep_config import load_sweep
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _sweep_file(tmp_path, tiny_config, **sweep) -> Path:
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**tiny_config, "num_iterations": 60}))
+def _sweep_file(tmp_path, tiny_config, iterations=60, **sweep) -> Path:
+    base = {**tiny_config, "num_iterations": iterations}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     spec = {
         "name": "s",
         "base": "base.yaml",
@@ -224,3 +225,58 @@ def test_a_killed_sweep_driver_continues_where_it_stopped(ray_cluster, tmp_path,
     resumed = next(r for r in summary["trials"] if r["run_id"] == second)
     source = read_checkpoint(Path(resumed["checkpoint"])).metadata["restored_from"]
     assert (source["run_id"], source["iteration"]) == (second, 20)
+
+
+def _lr(checkpoint) -> float:
+    return checkpoint.hyper_params["params"]["agents"]["_default"]["learning_rate"]
+
+
+def test_pbt_exploits_multi_worker_trials_through_storage(ray_cluster, tmp_path, tiny_config):
+    """Four 2-worker trials, two at a time (half a CPU per worker), each 30 iterations."""
+    path = _sweep_file(
+        tmp_path,
+        tiny_config,
+        iterations=30,
+        name="pbt2",
+        search={"agents._default.learning_rate": {"grid": [0.03, 0.0001, 0.01, 0.0003]}},
+        scheduler={
+            "type": "pbt",
+            "perturbation_interval": 10,
+            "quantile_fraction": 0.5,
+            "hyperparam_mutations": {"agents._default.learning_rate": {"choice": [0.001, 0.002]}},
+        },
+        scaling={"num_workers": 2, "cpus_per_worker": 0.5},
+    )
+    result = sweep(path, settings=ExperimentSettings(storage_path=str(tmp_path / "runs")))
+    assert [r["status"] for r in result.trials] == ["DONE"] * 4
+    # Each Train run lives beside Tune's trial folders, in raytrainer's own layout.
+    runs = {p.name: p for p in (tmp_path / "runs" / "pbt2").iterdir() if p.name.startswith("pbt2-")}
+    exploited = [name for name in runs if "-from-" in name]
+    assert exploited, f"no trial continued from another's checkpoint: {sorted(runs)}"
+    for name in exploited:
+        first = read_checkpoint(sorted(runs[name].glob("checkpoint_*"))[0])
+        source = first.metadata["restored_from"]
+        donor = read_checkpoint(runs[source["run_id"]] / f"checkpoint_{source['iteration']:06d}")
+        assert name.endswith(f"-from-{source['run_id'][5:]}-{donor.iteration}")
+        assert first.iteration > donor.iteration
+        assert _lr(first) != _lr(donor)  # mutated, and what the optimizer used:
+        assert first.state["optimizer"]["param_groups"][0]["lr"] == _lr(first)
+
+
+def test_asha_over_two_worker_trials_finishes_on_two_cpus(ray_cluster, tmp_path, tiny_config):
+    """Three trials of 2 workers on 2 CPUs: one at a time, stopped ones give their CPUs back."""
+    path = _sweep_file(
+        tmp_path,
+        tiny_config,
+        iterations=40,
+        name="asha2",
+        search={"agents._default.learning_rate": {"grid": [0.03, 0.0001, 0.01]}},
+        scheduler={"type": "asha", "max_t": 40, "grace_period": 10, "reduction_factor": 2},
+        scaling={"num_workers": 2},
+    )
+    result = sweep(path, settings=ExperimentSettings(storage_path=str(tmp_path / "runs")))
+    statuses = sorted(r["status"] for r in result.trials)
+    assert len(statuses) == 3 and "ERROR" not in statuses and "STOPPED" in statuses
+    best = read_checkpoint(Path(result.best["checkpoint"]))  # the Train run's own checkpoint
+    assert best.metadata["run_id"] == result.best["run_id"] and best.metadata["world_size"] == 2
+    assert best.iteration == 40

@@ -65,18 +65,24 @@ class TuneBackend(Backend):
         return self._staging_dir
 
     def checkpoint_candidates(self) -> Iterator[Path]:
-        """Yield the checkpoint Tune hands this trial (its own, or a PBT donor's).
+        """Yield the checkpoint Tune hands this trial (its own, or a PBT donor's), then older ones.
 
-        Without one, yield this trial's checkpoints already in the sweep folder, newest first:
-        a restored sweep may give a trial whose start Tune had not recorded a new folder, so
-        every folder of this trial id is searched.
+        After Tune's own checkpoint come this trial's checkpoints already in the sweep folder,
+        newest first — but only when Tune's is this trial's (a donor's older line is never ours
+        to resume). A restored sweep may have given the trial a new folder, so every folder of
+        this trial id is searched; a trial whose newest checkpoint Tune had not recorded before
+        its driver died resumes from it.
         """
         checkpoint = tune.get_checkpoint()
+        own = self._own_checkpoints()
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 yield Path(directory)
-            return
-        for location in self._own_checkpoints():
+            given = checkpoint.path.rstrip("/")
+            if not any(loc.split("://", 1)[-1] == given for loc in own):
+                return  # a PBT donor's checkpoint: nothing of ours comes after it
+            own = own[[loc.split("://", 1)[-1] for loc in own].index(given) + 1 :]
+        for location in own:
             if not storage.is_uri(location):
                 yield Path(location)
             else:

@@ -76,6 +76,8 @@ SWEEP_TABLE_FILE = "sweep_summary.csv"
 """The same rows as a table."""
 SWEEP_PLOT_FILE = "sweep_metric.png"
 """The metric against iteration for every trial; stopped trials marked."""
+TUNE_POINTER_FILE = "raytrainer_pointer.json"
+"""In a multi-worker trial's Tune checkpoint: the run and checkpoint in storage it stands for."""
 
 _NAME_RE = re.compile(r"^checkpoint_(\d{6,})$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")

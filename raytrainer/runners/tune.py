@@ -13,22 +13,32 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import ray
 from ray import tune
+from ray.train import UserCallback
+from ray.util.queue import Queue
 
 from raytrainer import storage
 from raytrainer.backends.tune import TuneBackend
 from raytrainer.build import build_trainer, load_hyper_params
-from raytrainer.checkpoint.layout import SWEEP_PLOT_FILE, SWEEP_SUMMARY_FILE, SWEEP_TABLE_FILE
+from raytrainer.checkpoint.layout import (
+    SWEEP_PLOT_FILE,
+    SWEEP_SUMMARY_FILE,
+    SWEEP_TABLE_FILE,
+    TUNE_POINTER_FILE,
+)
 from raytrainer.errors import ConfigError, RunFailedError
 from raytrainer.runners.ray_train import torch_trainer, with_wandb_folders
 from raytrainer.settings import ExperimentSettings
@@ -220,7 +230,8 @@ def _new_tuner(
             scheduler=scheduler,
             search_alg=search_alg,
             num_samples=config.num_samples,
-            max_concurrent_trials=concurrency,
+            # A Searcher (Optuna) is limited here; the variant generator limits itself.
+            max_concurrent_trials=concurrency if config.search_alg == "optuna" else None,
             # A single-process trial reuses its actor (torch already imported): PBT restarts
             # trials at every exploit. A nested Train run's controller dies with its actor.
             reuse_actors=spec.scaling.num_workers == 1,
@@ -270,32 +281,119 @@ def trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
 
 
 def _nested_train_run(hyper_params: Any, plain: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Drive a Ray Train run for a multi-worker trial; its metrics reach Tune from rank 0."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+    """Drive a Ray Train run for a multi-worker trial, reporting each checkpoint to Tune.
 
+    Tune gets a small checkpoint that points at the Train run's checkpoint in storage, so PBT
+    can exploit multi-worker trials too: a trial that Tune restarts with another trial's
+    pointer starts a new Train run, ``<run id>-from-<donor trial>-<iteration>``, from that
+    checkpoint (the base-run path, digests checked) with its mutated hyper-parameters. With its
+    own pointer it continues its own run, which Ray Train resumes by name.
+    """
+    from raytrainer.params import BaseRunParameters
     from raytrainer.settings import Scaling
 
     settings = ExperimentSettings(**plain)
-    settings = dataclasses.replace(
-        settings, storage_path=storage.join(str(settings.storage_path), spec["name"])
-    )
-    storage_fs, storage_path = storage.resolve(str(settings.storage_path))
+    root = storage.join(str(settings.storage_path), spec["name"])
+    pointer = _read_pointer(tune.get_checkpoint())
+    run_id = plain["run_id"]
+    if pointer is not None and pointer["run_id"].startswith(run_id):
+        run_id = pointer["run_id"]  # our own line, maybe begun at an earlier exploit
+    elif pointer is not None:  # PBT: continue from another trial's checkpoint
+        donor = pointer["run_id"].removeprefix(spec["name"] + "-")
+        run_id = f"{plain['run_id']}-from-{donor}-{pointer['iteration']}"
+        hyper_params = hyper_params.model_copy(
+            update={
+                "base_run": BaseRunParameters(
+                    run_id=pointer["run_id"], storage_path=root, version=pointer["checkpoint"]
+                )
+            }
+        )
+    settings = dataclasses.replace(settings, run_id=run_id, storage_path=root)
+    storage_fs, storage_path = storage.resolve(root)
     scaling = Scaling(**spec["scaling"])
     # This trial's own actor holds NESTED_TRIAL_CPU; it comes out of its workers' share, so a
     # trial needs exactly num_workers * cpus_per_worker (2 workers fit a 2-CPU machine).
     share = scaling.cpus_per_worker - NESTED_TRIAL_CPU / scaling.num_workers
+    reports: Queue = Queue(actor_options={"num_cpus": 0})
     trainer = torch_trainer(
         hyper_params,
         settings,
         dataclasses.replace(scaling, cpus_per_worker=share),
         storage_fs,
         storage_path,
-        callbacks=[TuneReportCallback()],
+        callbacks=[_ForwardReports(reports)],
     )
-    try:
-        trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        raise RunFailedError(f"trial run {settings.run_id} failed: {exc}") from exc
+    outcome: list[Any] = []
+
+    def fit() -> None:
+        try:
+            outcome.append(trainer.fit())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the trial's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=fit, name="raytrainer-nested-fit", daemon=True)
+    thread.start()
+    reported = -1
+    while thread.is_alive() or not reports.empty():
+        try:
+            metrics, checkpoint_path = reports.get(timeout=1)
+        except Empty:
+            continue
+        _report_with_pointer(metrics, checkpoint_path, run_id, root)
+        reported = int(metrics.get("iteration", reported))
+    if isinstance(outcome[0], BaseException):
+        raise RunFailedError(f"trial run {run_id} failed: {outcome[0]}") from outcome[0]
+    # The controller may finish before its callback has passed on the last report.
+    final = outcome[0]
+    if final.metrics and int(final.metrics.get("iteration", -1)) > reported:
+        path = final.checkpoint.path if final.checkpoint is not None else None
+        _report_with_pointer(dict(final.metrics), path, run_id, root)
+
+
+class _ForwardReports(UserCallback):
+    """Runs on the nested run's Train controller: hands rank 0's reports to the trial."""
+
+    def __init__(self, reports: Queue) -> None:
+        self.reports = reports
+
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
+    ) -> None:
+        """Queue rank 0's metrics and the persisted checkpoint's path (blocks while full)."""
+        self.reports.put((dict(metrics[0]), checkpoint.path if checkpoint else None))
+
+
+def _report_with_pointer(
+    metrics: dict[str, Any], checkpoint_path: str | None, run_id: str, root: str
+) -> None:
+    if checkpoint_path is None:
+        tune.report(metrics)
+        return
+    pointer = {
+        "run_id": run_id,
+        "storage_path": root,
+        "checkpoint": checkpoint_path.rstrip("/").rsplit("/", 1)[-1],
+        "iteration": metrics.get("iteration"),
+    }
+    with tempfile.TemporaryDirectory(prefix="raytrainer-pointer-") as folder:
+        (Path(folder) / TUNE_POINTER_FILE).write_text(json.dumps(pointer))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _checkpoint_uri(checkpoint: Any) -> str | None:
+    """Where a trial's checkpoint is: Tune's own, or the Train checkpoint a pointer names."""
+    pointer = _read_pointer(checkpoint)
+    if pointer is not None:
+        return storage.join(pointer["storage_path"], pointer["run_id"], pointer["checkpoint"])
+    return checkpoint.path if checkpoint is not None else None
+
+
+def _read_pointer(checkpoint: Any) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / TUNE_POINTER_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
 
 
 # ---------------------------------------------------------------------------------- results
@@ -320,9 +418,7 @@ def _summarise(spec: Sweep, results: Any, path: str) -> SweepResult:
         target = spec.target_iterations(values)
         last_iteration = int(metrics.get("iteration", 0) or 0)
         stopped = result.error is None and last_iteration < target
-        checkpoint = metrics.get("checkpoint_path") or (
-            result.checkpoint.path if result.checkpoint is not None else None
-        )
+        checkpoint = _checkpoint_uri(result.checkpoint)
         rows.append(
             {
                 "trial_id": trial_id,

@@ -96,3 +96,13 @@ def ray_train_worker(config: dict[str, Any]) -> None:
     backend = RayTrainBackend(config["run_id"], config["storage_path"])
     result = exercise(backend, settings, config["hyper_params"])
     Path(config["out"]).write_text(json.dumps(result))
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """Run :func:`exercise` against the Tune backend inside a Tune trial."""
+    from raytrainer.backends.tune import TuneBackend
+
+    settings = ExperimentSettings(run_id="contract", num_to_keep=None, wandb_mode="disabled")
+    backend = TuneBackend("contract", "loss")
+    result = exercise(backend, settings, config["hyper_params"])
+    Path(config["out"]).write_text(json.dumps(result))
