@@ -99,6 +99,21 @@ def dataclass_from_flags(cls: type, args: argparse.Namespace, **extra: Any) -> A
     return cls(**given, **extra)
 
 
+def _add_set_and_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a hyper-parameter (of a sweep: of its base config) by dotted path; "
+        "repeatable",
+    )
+    parser.add_argument(
+        "--address", help="Ray cluster to use (default: RAY_ADDRESS, a running one, or a new one)"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raytrainer", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"raytrainer {__version__}")
@@ -106,35 +121,15 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a trainer from a config file")
     run.add_argument("config", type=Path, help="hyper-parameters, YAML or JSON")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a hyper-parameter by dotted path; repeatable",
-    )
+    _add_set_and_address(run)
     run.add_argument("--local", action="store_true", help="run in this process (debuggable)")
-    run.add_argument(
-        "--address", help="Ray cluster to use (default: RAY_ADDRESS, a running one, or a new one)"
-    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_dataclass_flags(run, Scaling, "Ray workers (ignored with --local)")
     add_dataclass_flags(run, ExperimentSettings, "settings")
 
     sweep = sub.add_parser("sweep", help="run (or continue) a Ray Tune sweep from a sweep file")
     sweep.add_argument("sweep_file", type=Path, help="the sweep: base config, space, scheduler")
-    sweep.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a hyper-parameter of the base config by dotted path; repeatable",
-    )
-    sweep.add_argument(
-        "--address", help="Ray cluster to use (default: RAY_ADDRESS, a running one, or a new one)"
-    )
+    _add_set_and_address(sweep)
     add_dataclass_flags(sweep, ExperimentSettings, "settings shared by every trial")
 
     ckpt = sub.add_parser("checkpoints", help="list and describe checkpoints")

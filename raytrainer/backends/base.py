@@ -8,6 +8,8 @@ the backend and passes it in through ``ExperimentSettings.backend``.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -43,3 +45,26 @@ class Backend(ABC):
         Runs on every rank (under Ray it is a barrier); ``directory`` is the folder rank 0
         wrote, ``None`` on the other ranks. Blocks until the checkpoint is in storage.
         """
+
+
+class TemporaryStagingBackend(Backend):
+    """A backend whose process writes checkpoint folders into a temporary folder of its own.
+
+    The folder is made on first use (a driver that never saves never makes one) and removed by
+    :meth:`cleanup`. Subclasses set ``run_id`` (it names the folder).
+    """
+
+    run_id: str
+    _staging_dir: Path | None = None
+
+    @property
+    def staging_dir(self) -> Path:  # type: ignore[override]
+        """A temporary folder of this process, made on first use."""
+        if self._staging_dir is None:
+            self._staging_dir = Path(tempfile.mkdtemp(prefix=f"raytrainer-{self.run_id}-"))
+        return self._staging_dir
+
+    def cleanup(self) -> None:
+        """Remove this process's staging folder, if it made one."""
+        if self._staging_dir is not None:
+            shutil.rmtree(self._staging_dir, ignore_errors=True)

@@ -7,7 +7,6 @@ import Ray; the driver's side of a Ray run is ``raytrainer.runners.ray_train``.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,11 @@ from typing import Any
 import ray.train
 
 from raytrainer import storage
-from raytrainer.backends.base import Backend
+from raytrainer.backends.base import TemporaryStagingBackend
 from raytrainer.checkpoint.layout import RESTORE_DIR, checkpoint_dir_name, parse_iteration
 
 
-class RayTrainBackend(Backend):
+class RayTrainBackend(TemporaryStagingBackend):
     """Checkpoints go to Ray Train's storage via ``ray.train.report``; runs in each worker.
 
     Parameters
@@ -33,14 +32,6 @@ class RayTrainBackend(Backend):
     def __init__(self, run_id: str, storage_root: str) -> None:
         self.run_id = run_id
         self.storage_uri = storage.join(storage_root, run_id)
-        self._staging_dir: Path | None = None
-
-    @property
-    def staging_dir(self) -> Path:  # type: ignore[override]
-        """A temporary folder of this worker, made on first use (the driver never needs one)."""
-        if self._staging_dir is None:
-            self._staging_dir = Path(tempfile.mkdtemp(prefix=f"raytrainer-{self.run_id}-"))
-        return self._staging_dir
 
     def checkpoint_candidates(self) -> Iterator[Path]:
         """Yield the run's checkpoints in storage, newest first, as local folders.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from ray import tune
 from ray.train._internal.session import get_session  # the trial's storage (Ray 2.60)
 
 from raytrainer import storage
-from raytrainer.backends.base import Backend
+from raytrainer.backends.base import TemporaryStagingBackend
 from raytrainer.checkpoint.layout import METADATA_FILE, RESTORE_DIR
 from raytrainer.errors import MetricError
 
@@ -33,7 +32,7 @@ def _dirs(fs: pafs.FileSystem, path: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
-class TuneBackend(Backend):
+class TuneBackend(TemporaryStagingBackend):
     """Checkpoints go to Ray Tune via ``tune.report``; runs in the trial function.
 
     Parameters
@@ -47,6 +46,8 @@ class TuneBackend(Backend):
     def __init__(self, run_id: str, metric: str) -> None:
         self.run_id = run_id
         self.metric = metric
+        self.reports = 0
+        """How many checkpoints this process has reported to Tune."""
         # Where Tune persists this trial: its storage filesystem and the trial's path on it.
         trial_storage = get_session().storage
         self._fs = trial_storage.storage_filesystem
@@ -55,14 +56,6 @@ class TuneBackend(Backend):
         self.storage_uri = (
             self._trial_path if scheme == "local" else f"{scheme}://{self._trial_path}"
         )
-        self._staging_dir: Path | None = None
-
-    @property
-    def staging_dir(self) -> Path:  # type: ignore[override]
-        """A temporary folder of this trial, made on first use."""
-        if self._staging_dir is None:
-            self._staging_dir = Path(tempfile.mkdtemp(prefix=f"raytrainer-{self.run_id}-"))
-        return self._staging_dir
 
     def checkpoint_candidates(self) -> Iterator[Path]:
         """Yield the checkpoint Tune hands this trial (its own, or a PBT donor's), then older ones.
@@ -125,11 +118,7 @@ class TuneBackend(Backend):
             )
         if directory is None:
             raise ValueError("a Tune trial runs one process, which must pass its folder.")
+        self.reports += 1
         tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(directory))
         shutil.rmtree(directory, ignore_errors=True)
         return storage.join(self.storage_uri, get_session().storage.checkpoint_dir_name)
-
-    def cleanup(self) -> None:
-        """Remove this trial's staging folder."""
-        if self._staging_dir is not None:
-            shutil.rmtree(self._staging_dir, ignore_errors=True)

@@ -65,7 +65,7 @@ WANDB_OFFLINE_STAGING_DIR = "raytrainer-staging"
 """Beside an offline W&B run (``wandb/offline-run-*/``): mirrored files ``wandb sync`` reads."""
 RESTORE_DIR = "restore"
 """In a Ray worker's staging folder: checkpoints downloaded from cloud storage to resume."""
-BASE_RUN_DIR = "base_run"
+BASE_RUN_DIR = "base-run"
 """In a temporary folder: a base run's checkpoint downloaded for a warm start."""
 
 # A sweep folder, <storage root>/<sweep name>/, is Ray Tune's experiment folder (its trials'

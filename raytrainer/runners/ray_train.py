@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import threading
 import uuid
 from typing import Any
@@ -191,13 +190,14 @@ def train_worker(config: dict[str, Any]) -> None:
     named = config["status_actor"]
     status = ray.get_actor(named) if rank == 0 and named else None
     plain = config["settings"]
+    backend = RayTrainBackend(plain["run_id"], plain["storage_path"])
     settings = ExperimentSettings(
         **plain,
         device=str(ray.train.torch.get_device()),
         world_rank=rank,
         local_rank=context.get_local_rank(),
         world_size=context.get_world_size(),
-        backend=RayTrainBackend(plain["run_id"], plain["storage_path"]),
+        backend=backend,
         progress_bar_factory=_remote_bar_factory(status) if status is not None else None,
     )
     trainer = build_trainer(hyper_params, settings)
@@ -208,7 +208,7 @@ def train_worker(config: dict[str, Any]) -> None:
             ray.get(status.set_unmirrored.remote(unmirrored))
     finally:
         trainer.close()
-        shutil.rmtree(trainer.backend.staging_dir, ignore_errors=True)
+        backend.cleanup()
 
 
 @ray.remote(num_cpus=0)

@@ -34,10 +34,12 @@ from raytrainer import storage
 from raytrainer.backends.tune import TuneBackend
 from raytrainer.build import build_trainer, load_hyper_params
 from raytrainer.checkpoint.layout import (
+    METADATA_FILE,
     SWEEP_PLOT_FILE,
     SWEEP_SUMMARY_FILE,
     SWEEP_TABLE_FILE,
     TUNE_POINTER_FILE,
+    parse_iteration,
 )
 from raytrainer.errors import ConfigError, RunFailedError
 from raytrainer.runners.ray_train import torch_trainer, with_wandb_folders
@@ -273,6 +275,10 @@ def trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         trainer = build_trainer(hyper_params, settings)
         try:
             trainer.train()
+            if backend.reports == 0 and trainer.iteration > 0:
+                # Restored at its end (say, a PBT donor's final checkpoint): nothing to train,
+                # but Tune must see the state the trial ends with.
+                trainer.save_checkpoint()
         finally:
             trainer.close()
             backend.cleanup()
@@ -348,6 +354,18 @@ def _nested_train_run(hyper_params: Any, plain: dict[str, Any], spec: dict[str, 
     if final.metrics and int(final.metrics.get("iteration", -1)) > reported:
         path = final.checkpoint.path if final.checkpoint is not None else None
         _report_with_pointer(dict(final.metrics), path, run_id, root)
+    elif reported < 0:
+        # Nothing left to train: the run was already at its end (finished before Tune restarted
+        # the trial, or restored from a donor's final checkpoint). Tune must still see the state
+        # the trial ends with: the run's newest checkpoint, else the one it started from.
+        run_uri = storage.join(root, run_id)
+        names = [n for n in storage.list_dirs(run_uri) if parse_iteration(n) is not None]
+        if names:
+            newest = max(names, key=parse_iteration)
+            meta = storage.read_json(storage.join(run_uri, newest, METADATA_FILE)) or {}
+            _report_with_pointer(dict(meta.get("metrics", {})), newest, run_id, root)
+        elif pointer and "metrics" in pointer:
+            _report_with_pointer(pointer["metrics"], pointer["checkpoint"], pointer["run_id"], root)
 
 
 class _ForwardReports(UserCallback):
@@ -374,6 +392,7 @@ def _report_with_pointer(
         "storage_path": root,
         "checkpoint": checkpoint_path.rstrip("/").rsplit("/", 1)[-1],
         "iteration": metrics.get("iteration"),
+        "metrics": metrics,
     }
     with tempfile.TemporaryDirectory(prefix="raytrainer-pointer-") as folder:
         (Path(folder) / TUNE_POINTER_FILE).write_text(json.dumps(pointer))

@@ -6,8 +6,9 @@ blocks opening the FIFO ``<folder>/hold``, which nobody opens. A test reads the 
 blocking read, no sleep) and kills the process it names, or its driver, at a known point.
 With ``RAYTRAINER_TEST_GATE_SKIP=n`` the gate lets the first ``n`` processes pass that
 iteration (a sweep's earlier trials) and stops the next one. ``RAYTRAINER_TEST_STARTS`` names a
-file that gets a line ``<run id> <iteration>`` each time ``train()`` starts, so a test sees where
-every attempt began. Without the variables this is the example trainer.
+file that gets a line ``<run id> <iteration>`` at the first training step of each process, so a
+test sees where every attempt began (an attempt with nothing left to train writes none).
+Without the variables this is the example trainer.
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ def wait_for_gate(folder: Path) -> tuple[int, int]:
 class GatedRegressionTrainer(RegressionTrainer):
     """:class:`RegressionTrainer` that can block after one checkpoint (see module docstring)."""
 
-    def train(self) -> None:
+    def training_step(self) -> None:
         starts = os.environ.get(STARTS_ENV)
-        if starts and self.settings.is_rank_zero:
+        if starts and self.settings.is_rank_zero and not getattr(self, "_start_noted", False):
+            self._start_noted = True  # the first step of this process: where the attempt began
             with open(starts, "a") as out:  # one short line: appends do not interleave
                 out.write(f"{self.run_id} {self.iteration}\n")
-        super().train()
+        super().training_step()
 
     def save_checkpoint(self, log: bool = True) -> None:
         super().save_checkpoint(log)
