@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 import yaml
-from helpers.gated import GATE_ENV, make_gate, wait_for_gate
+from helpers.gated import GATE_ENV, STARTS_ENV, make_gate, read_starts, wait_for_gate
 from test_trainer_api import Recorder
 
 from raytrainer import ExperimentSettings, Scaling, load_hyper_params, run, run_local
@@ -129,13 +129,20 @@ def test_sigkilled_worker_resumes_bitwise(two_workers, tmp_path):
 
     killer = threading.Thread(target=kill_at_gate, daemon=True)
     killer.start()
+    starts = tmp_path / "starts.txt"
     settings = _settings(
-        tmp_path / "runs", max_failures=1, worker_env={GATE_ENV: gate}, progress_bar_factory=None
+        tmp_path / "runs",
+        max_failures=1,
+        worker_env={GATE_ENV: gate, STARTS_ENV: str(starts)},
+        progress_bar_factory=None,
     )
     result = run(hp, settings, Scaling(num_workers=2))
     killer.join(timeout=5)
     assert killed == [20]
     assert result.iteration == 40
+    # The restarted worker group resumed from checkpoint 20; a restart from scratch would
+    # end with the same weights too (training is deterministic), so this is what tells.
+    assert read_starts(starts) == {result.run_id: [0, 20]}
     reference = _final_model(ref_storage / ref.run_id)
     resumed = _final_model(tmp_path / "runs" / result.run_id)
     _assert_bitwise(reference, resumed)

@@ -263,6 +263,9 @@ def trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     # worker_env (W&B folders among them: a trial's cwd is Ray's session folder) reaches a
     # single-process trial here; a nested run's workers get it through Ray Train.
     os.environ.update(plain.get("worker_env", {}))
+    # A stopped trial's actor is reused once its thread ends; give that thread time to flush
+    # the trial's W&B run (Tune waits 2 s by default, then starts a new actor).
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     scaling = spec["scaling"]
     if scaling["num_workers"] == 1:
         backend = TuneBackend(run_id, spec["metric"])
@@ -349,23 +352,18 @@ def _nested_train_run(hyper_params: Any, plain: dict[str, Any], spec: dict[str, 
         reported = int(metrics.get("iteration", reported))
     if isinstance(outcome[0], BaseException):
         raise RunFailedError(f"trial run {run_id} failed: {outcome[0]}") from outcome[0]
-    # The controller may finish before its callback has passed on the last report.
-    final = outcome[0]
-    if final.metrics and int(final.metrics.get("iteration", -1)) > reported:
-        path = final.checkpoint.path if final.checkpoint is not None else None
-        _report_with_pointer(dict(final.metrics), path, run_id, root)
-    elif reported < 0:
-        # Nothing left to train: the run was already at its end (finished before Tune restarted
-        # the trial, or restored from a donor's final checkpoint). Tune must still see the state
-        # the trial ends with: the run's newest checkpoint, else the one it started from.
-        run_uri = storage.join(root, run_id)
-        names = [n for n in storage.list_dirs(run_uri) if parse_iteration(n) is not None]
-        if names:
-            newest = max(names, key=parse_iteration)
-            meta = storage.read_json(storage.join(run_uri, newest, METADATA_FILE)) or {}
-            _report_with_pointer(dict(meta.get("metrics", {})), newest, run_id, root)
-        elif pointer and "metrics" in pointer:
-            _report_with_pointer(pointer["metrics"], pointer["checkpoint"], pointer["run_id"], root)
+    # What the callback passed on may lag: the controller can finish before its callback runs,
+    # and a run resumed at its end (finished before Tune restarted the trial) reports nothing.
+    # Tune must see the state the trial ends with: the run's newest checkpoint in storage, else
+    # (restored from a donor's final checkpoint) the one it started from.
+    run_uri = storage.join(root, run_id)
+    names = [n for n in storage.list_dirs(run_uri) if parse_iteration(n) is not None]
+    newest = max(names, key=parse_iteration) if names else None
+    if newest is not None and parse_iteration(newest) > reported:
+        meta = storage.read_json(storage.join(run_uri, newest, METADATA_FILE)) or {}
+        _report_with_pointer(dict(meta.get("metrics", {})), newest, run_id, root)
+    elif newest is None and pointer and "metrics" in pointer:
+        _report_with_pointer(pointer["metrics"], pointer["checkpoint"], pointer["run_id"], root)
 
 
 class _ForwardReports(UserCallback):
