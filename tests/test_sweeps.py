@@ -139,6 +139,10 @@ def test_asha_grid_stops_weak_trials_and_names_the_best(ray_cluster, tmp_path, t
     assert {(r["run_id"], "grid") for r in done} <= runs <= {(r["run_id"], "grid") for r in rows}
 
 
+def _lr(checkpoint) -> float:
+    return checkpoint.hyper_params["params"]["agents"]["_default"]["learning_rate"]
+
+
 def test_pbt_exploits_and_the_mutated_value_is_what_the_optimizer_uses(
     ray_cluster, tmp_path, tiny_config
 ):
@@ -146,7 +150,11 @@ def test_pbt_exploits_and_the_mutated_value_is_what_the_optimizer_uses(
         tmp_path,
         tiny_config,
         name="pbt",
+        iterations=100,
         num_samples=4,
+        # All four alive at once (PBT only exploits trials that are still running): half a CPU
+        # each on the 2-CPU test cluster.
+        scaling={"num_workers": 1, "cpus_per_worker": 0.5},
         search={"agents._default.learning_rate": {"loguniform": [0.0001, 0.1]}},
         scheduler={
             "type": "pbt",
@@ -159,26 +167,25 @@ def test_pbt_exploits_and_the_mutated_value_is_what_the_optimizer_uses(
     )
     result = sweep(path, settings=ExperimentSettings(storage_path=str(tmp_path / "runs")))
     assert len(result.trials) == 4 and all(r["status"] == "DONE" for r in result.trials)
-    inherited = []
-    for folder in _checkpoints(tmp_path / "runs" / "pbt"):
-        checkpoint = read_checkpoint(folder)
-        lr = checkpoint.hyper_params["params"]["agents"]["_default"]["learning_rate"]
-        assert checkpoint.state["optimizer"]["param_groups"][0]["lr"] == lr, folder
-        source = checkpoint.metadata["restored_from"]
-        if source and source["run_id"] != checkpoint.metadata["run_id"]:
-            inherited.append((checkpoint, source, lr))
+    checkpoints = [read_checkpoint(folder) for folder in _checkpoints(tmp_path / "runs" / "pbt")]
+    for checkpoint in checkpoints:
+        lr = _lr(checkpoint)
+        assert checkpoint.state["optimizer"]["param_groups"][0]["lr"] == lr, checkpoint.path
+    inherited = [
+        (checkpoint, checkpoint.metadata["restored_from"])
+        for checkpoint in checkpoints
+        if checkpoint.metadata["restored_from"]
+        and checkpoint.metadata["restored_from"]["run_id"] != checkpoint.metadata["run_id"]
+    ]
     assert inherited, "no trial ever continued from another trial's checkpoint"
-    for checkpoint, source, _ in inherited:
+    for checkpoint, source in inherited:
         assert source["run_id"].startswith("pbt-")
         assert checkpoint.iteration >= source["iteration"]  # equal: took a donor's final state
     # Exploiting trials run with a mutated learning rate, not the donor's.
-    donors = {}
-    for folder in _checkpoints(tmp_path / "runs" / "pbt"):
-        meta = read_checkpoint(folder)
-        donors[(meta.metadata["run_id"], meta.iteration)] = meta.hyper_params
+    donors = {(c.metadata["run_id"], c.iteration): c for c in checkpoints}
     assert any(
-        lr != donors[(s["run_id"], s["iteration"])]["params"]["agents"]["_default"]["learning_rate"]
-        for _, s, lr in inherited
+        _lr(checkpoint) != _lr(donors[(s["run_id"], s["iteration"])])
+        for checkpoint, s in inherited
         if (s["run_id"], s["iteration"]) in donors
     )
 
@@ -226,10 +233,6 @@ def test_a_killed_sweep_driver_continues_where_it_stopped(ray_cluster, tmp_path,
     resumed = next(r for r in summary["trials"] if r["run_id"] == second)
     source = read_checkpoint(Path(resumed["checkpoint"])).metadata["restored_from"]
     assert (source["run_id"], source["iteration"]) == (second, 20)
-
-
-def _lr(checkpoint) -> float:
-    return checkpoint.hyper_params["params"]["agents"]["_default"]["learning_rate"]
 
 
 def test_pbt_exploits_multi_worker_trials_through_storage(ray_cluster, tmp_path, tiny_config):
