@@ -63,7 +63,7 @@ def load_hyper_params(
     params_cls = trainer_cls.hyper_params_cls
     if saved_version is not None:
         data = params_cls.from_saved({"schema_version": saved_version, "params": data}).to_dict()
-    hyper_params = validate_hyper_params(data, params_cls, source)
+    hyper_params = validate_hyper_params(data, params_cls, source, overrides)
     SCENARIOS.get(hyper_params.scenario)
     agents = PROTOCOLS.get(hyper_params.protocol).agent_names
     unknown = sorted(set(hyper_params.agents) - set(agents) - {DEFAULT_AGENT})
@@ -102,18 +102,56 @@ def local_settings(
 ) -> ExperimentSettings:
     """Return resolved settings for an in-process run: run id, storage root, local backend.
 
-    A backend already in ``settings`` is kept. Pass the result to a trainer's constructor to
-    build it by hand (``MyTrainer(hyper_params, scenario_instance, settings)``).
+    A backend already in ``settings`` is kept; ``device="auto"`` becomes CUDA when available,
+    else the CPU. Pass the result to a trainer's constructor to build it by hand
+    (``MyTrainer(hyper_params, scenario_instance, settings)``).
 
     Raises
     ------
     ConfigError
-        If the storage root is a URI: in-process runs write to a local folder.
+        If the storage root is a URI (in-process runs write to a local folder), or the device
+        is not one this machine has.
     """
     settings = resolve_settings(hyper_params, settings)
+    settings = dataclasses.replace(settings, device=resolve_device(settings.device))
     if settings.backend is not None:
         return settings
     return dataclasses.replace(settings, backend=_local_backend(settings))
+
+
+def resolve_device(name: str) -> str:
+    """Return the torch device for ``name``: ``"auto"`` picks CUDA when available.
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` is not a device name, or names a device this machine does not have.
+    """
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"setting device={name!r} is invalid: expected auto, cpu, cuda or cuda:<index>."
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            build = (
+                "no CUDA in this torch build" if torch.version.cuda is None else f"{count} GPU(s)"
+            )
+            raise ConfigError(
+                f"setting device={name!r} is not available here ({build}); use --device auto "
+                "or cpu."
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"setting device={name!r} is not available here; use --device auto.")
+    elif device.type not in ("cpu", "mps"):
+        raise ConfigError(f"setting device={name!r} is not supported; use auto, cpu or cuda.")
+    return name
 
 
 def _local_backend(settings: ExperimentSettings) -> LocalBackend:

@@ -80,7 +80,10 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str) 
             options.update(action="append", type=_key_value, metavar="KEY=VALUE")
         elif type(None) in args:  # X | None
             (inner,) = [a for a in args if a is not type(None)]
-            options.update(type=_parse_optional(inner), metavar=_METAVARS[inner])
+            if typing.get_origin(inner) is typing.Literal:
+                options["choices"] = list(typing.get_args(inner))
+            else:
+                options.update(type=_parse_optional(inner), metavar=_METAVARS[inner])
         else:
             options.update(type=kind, metavar=_METAVARS[kind])
         group.add_argument(*names, **options)
@@ -124,7 +127,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_set_and_address(run)
     run.add_argument("--local", action="store_true", help="run in this process (debuggable)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_dataclass_flags(run, Scaling, "Ray workers (ignored with --local)")
+    run.add_argument(
+        "--test-run",
+        nargs="?",
+        type=int,
+        const=DEFAULT_TEST_RUN_ITERATIONS,
+        default=0,
+        metavar="N",
+        help="a dry run of N iterations (default %(const)s) under a throwaway run id in a "
+        "temporary folder, W&B disabled, saving and resuming a checkpoint; the real run is "
+        "never read or written",
+    )
+    add_dataclass_flags(run, Scaling, "Ray workers (not with --local)")
     add_dataclass_flags(run, ExperimentSettings, "settings")
 
     sweep = sub.add_parser("sweep", help="run (or continue) a Ray Tune sweep from a sweep file")
@@ -134,33 +148,124 @@ def _parser() -> argparse.ArgumentParser:
 
     ckpt = sub.add_parser("checkpoints", help="list and describe checkpoints")
     ckpt_sub = ckpt.add_subparsers(dest="action", required=True)
-    ls = ckpt_sub.add_parser("ls", help="list a run's checkpoints")
-    ls.add_argument("run", help="a run id (under --storage-path) or a run folder")
-    ls.add_argument("--storage-path", help="storage root holding the run")
-    show = ckpt_sub.add_parser("show", help="describe one checkpoint folder")
-    show.add_argument("checkpoint", type=Path)
+    ls = ckpt_sub.add_parser(
+        "ls", help="list a run's checkpoints, marking the latest, the best and BAD ones"
+    )
+    ls.add_argument("run", help="a run id (under the storage root), a run folder or a URI")
+    show = ckpt_sub.add_parser(
+        "show", help="describe one checkpoint and verify its digests (exit 1 if it fails)"
+    )
+    show.add_argument(
+        "checkpoint",
+        help="a checkpoint folder or URI, RUN_ID/checkpoint_<n>, or a run (its newest checkpoint)",
+    )
+    for action in (ls, show):
+        action.add_argument(
+            "--storage-path",
+            help="storage root to look a run id up in (default: RAYTRAINER_STORAGE, else "
+            "./raytrainer_runs)",
+        )
+    ls.add_argument(
+        "--score-metric",
+        metavar="NAME",
+        help="the metric 'best' is decided by "
+        "(default: the run's checkpoint_score_metric, from the checkpoint metadata)",
+    )
+    ls.add_argument(
+        "--score-order",
+        choices=("min", "max"),
+        help="whether a lower or a higher score is better (default: the run's own order)",
+    )
+    ls.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="read only each metadata.json; skip digests (and downloads from URIs)",
+    )
+    ls.add_argument("--json", action="store_true", help="print the listing as JSON")
+
+    config = sub.add_parser(
+        "config", help="show a config's validated hyper-parameters and the run id they map to"
+    )
+    config_sub = config.add_subparsers(dest="action", required=True)
+    config_show = config_sub.add_parser(
+        "show", help="every hyper-parameter with its default and description, and the run id"
+    )
+    config_show.add_argument("config", type=Path, help="hyper-parameters, YAML or JSON")
+    config_show.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a hyper-parameter by dotted path; repeatable",
+    )
+    config_show.add_argument("--run-id", help="the run id `run --run-id` would be given")
+    config_show.add_argument(
+        "--storage-path", help="the storage root `run --storage-path` would be given"
+    )
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    from raytrainer.build import load_hyper_params
+DEFAULT_TEST_RUN_ITERATIONS = 4
 
+
+def _check_runner_flags(args: argparse.Namespace) -> None:
+    """Refuse flags of the other runner: silently ignoring them hides a mistake."""
+    runner = "local" if args.local else "ray"
+    wrong = [
+        f"--{f.name.replace('_', '-')}"
+        for cls in (Scaling, ExperimentSettings)
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("runner") not in (None, runner) and hasattr(args, f.name)
+    ]
+    if args.local and args.address is not None:
+        wrong.append("--address")
+    if wrong:
+        fix = "drop them or --local" if args.local else "drop them, or add --local"
+        where = "Ray runs" if args.local else "in-process runs (--local)"
+        raise ConfigError(f"{', '.join(wrong)}: only for {where}; {fix}.")
+
+
+def _run(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from raytrainer.build import load_hyper_params, resolve_settings, run_uri
+
+    _check_runner_flags(args)
     hyper_params = load_hyper_params(args.config, args.overrides)
     extra = {"progress_bar_factory": None} if args.no_progress else {}
-    settings = dataclass_from_flags(ExperimentSettings, args, **extra)
+    settings = dataclass_from_flags(ExperimentSettings, args, **extra)  # --test-run included
+    runner = "in-process" if args.local else "Ray"
     if args.local:
-        from raytrainer.runners.local import run_local
+        from raytrainer.build import resolve_device
 
-        result = run_local(hyper_params, settings)
-    else:
-        scaling = dataclass_from_flags(Scaling, args)  # validated before Ray is imported
-        from raytrainer.runners.ray_train import run
+        resolve_device(settings.device)  # before anything is printed or started
+    if not settings.test_run:
+        resolved = resolve_settings(hyper_params, settings)
+        wandb = settings.wandb_mode
+        if wandb != "disabled":
+            wandb += f", files in {Path(os.environ.get('WANDB_DIR') or '.').absolute()}/wandb"
+        print(f"run {resolved.run_id} ({runner}): storage {run_uri(resolved)}; W&B {wandb}")
+    # Log lines go above the bar instead of through it.
+    redirect = logging_redirect_tqdm() if not args.no_progress else contextlib.nullcontext()
+    with redirect:
+        if args.local:
+            from raytrainer.runners.local import run_local
 
-        result = run(hyper_params, settings, scaling, address=args.address)
+            result = run_local(hyper_params, settings)
+        else:
+            scaling = dataclass_from_flags(Scaling, args)  # validated before Ray is imported
+            from raytrainer.runners.ray_train import run
+
+            result = run(hyper_params, settings, scaling, address=args.address)
     if result.unmirrored:
         print(f"not mirrored to W&B (safe in storage): {', '.join(result.unmirrored)}")
-    state = "already complete" if result.already_complete else "complete"
-    print(f"run {result.run_id} {state} at iteration {result.iteration}: {result.storage_uri}")
+    if settings.test_run:
+        print(f"test run passed ({settings.test_run} iterations, checkpoint saved and resumed)")
+    else:
+        print(result.summary())
     return 0
 
 
@@ -178,29 +283,36 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _checkpoints(args: argparse.Namespace) -> int:
-    from raytrainer.checkpoint import describe_checkpoint, list_checkpoints
-    from raytrainer.storage import default_root
+    from raytrainer.inspection import format_listing, list_run, show_checkpoint
 
     if args.action == "show":
-        print(json.dumps(describe_checkpoint(args.checkpoint), indent=1))
+        info = show_checkpoint(args.checkpoint, args.storage_path)
+        print(json.dumps(info, indent=1))
+        if info["integrity"] != "ok":
+            reason = str(info["integrity"]).removeprefix("BAD: ")
+            print(f"raytrainer: checkpoint fails verification: {reason}", file=sys.stderr)
+            return 1
         return 0
-    run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        root = Path(args.storage_path) if args.storage_path else default_root()
-        run_dir = root / args.run
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
-        print(f"no checkpoints under {run_dir}", file=sys.stderr)
-        return 1
-    print(f"{'checkpoint':<20} {'iteration':>9} {'created':<26} {'size':>10}  integrity  metrics")
-    for path in checkpoints:
-        info = describe_checkpoint(path)
-        ok = "ok" if info["integrity"] == "ok" else "BAD"
-        metrics = json.dumps(info["metrics"] or {}, sort_keys=True)
-        print(
-            f"{path.name:<20} {info['iteration']!s:>9} {info['created']!s:<26} "
-            f"{info['size_bytes']:>10}  {ok:<9}  {metrics}"
-        )
+    listing = list_run(
+        args.run, args.storage_path, args.score_metric, args.score_order, not args.no_verify
+    )
+    print(json.dumps(listing.to_dict(), indent=1) if args.json else format_listing(listing))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from raytrainer.build import load_hyper_params, resolve_settings, run_uri
+    from raytrainer.params import describe_hyper_params
+
+    hyper_params = load_hyper_params(args.config, args.overrides)
+    # The same resolution `run` does, so the id and folder are the ones a run would use.
+    wanted = ExperimentSettings(run_id=args.run_id, storage_path=args.storage_path)
+    resolved = resolve_settings(hyper_params, wanted)
+    params_cls = type(hyper_params)
+    print(f"# {args.config}: {params_cls.__module__}.{params_cls.__qualname__}, defaults filled in")
+    print(f"# run id: {resolved.run_id}")
+    print(f"# run folder: {run_uri(resolved)}")
+    print("\n".join(describe_hyper_params(hyper_params)))
     return 0
 
 
@@ -216,7 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        command = {"run": _run, "sweep": _sweep, "checkpoints": _checkpoints}[args.command]
+        command = {
+            "run": _run,
+            "sweep": _sweep,
+            "checkpoints": _checkpoints,
+            "config": _config,
+        }[args.command]
         return command(args)
     except RunFailedError as exc:
         print(f"raytrainer: error: {exc}", file=sys.stderr)

@@ -30,6 +30,7 @@ def setting(
     flags: tuple[str, ...] = (),
     cli: bool = True,
     per_process: bool = False,
+    runner: Literal["local", "ray"] | None = None,
 ) -> Any:
     """Declare a settings field with its documentation.
 
@@ -48,6 +49,8 @@ def setting(
         Whether ``raytrainer run`` has a flag for it (not for objects such as the logger).
     per_process : bool
         Set by each process for itself (device, ranks, backend); never sent to Ray workers.
+    runner : {"local", "ray"} or None
+        The only runner the setting applies to; the CLI refuses its flag with the other one.
     """
     metadata = {
         "doc": doc,
@@ -55,6 +58,7 @@ def setting(
         "flags": flags,
         "cli": cli,
         "per_process": per_process,
+        "runner": runner,
     }
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
@@ -116,9 +120,11 @@ class ExperimentSettings:
     """The instance-specific settings of a run: device, storage, logging, checkpointing."""
 
     device: str = setting(
-        "cpu",
-        "Torch device of an in-process run (cpu, cuda); Ray workers get theirs from Ray.",
+        "auto",
+        "Torch device of an in-process run: auto (CUDA when available), cpu, cuda, cuda:1; "
+        "Ray workers get theirs from Ray (--gpus-per-worker).",
         per_process=True,
+        runner="local",
     )
     run_id: str | None = setting(
         None, "The run id.", default_doc="a stable hash of the hyper-parameters"
@@ -144,15 +150,19 @@ class ExperimentSettings:
         100, "Iterations between checkpoints; trainers save when iteration % period == 0."
     )
     num_to_keep: int | None = setting(
-        3, "Checkpoints kept (the newest, or the best by the score metric); none keeps all."
+        3,
+        "Checkpoints kept: the newest N, or with a score metric the N best plus the newest "
+        "(as Ray keeps them); none keeps all.",
     )
     checkpoint_score_metric: str | None = setting(
         None,
         "Metric that ranks checkpoints for retention and the W&B 'best' alias.",
         flags=("--score-metric",),
     )
-    checkpoint_score_order: Literal["max", "min"] = setting(
-        "max", "Whether a higher or a lower score metric is better.", flags=("--score-order",)
+    checkpoint_score_order: Literal["max", "min"] | None = setting(
+        None,
+        "Whether a higher (max) or a lower (min) score metric is better; required with one.",
+        flags=("--score-order",),
     )
     progress_bar_factory: ProgressBarFactory | None = setting(
         tqdm_progress_bar,
@@ -161,17 +171,37 @@ class ExperimentSettings:
         cli=False,
         per_process=True,
     )
-    test_run: bool = setting(False, "A quick check run: never loads a checkpoint.")
-    do_not_load_checkpoint: bool = setting(
-        False, "Start from scratch even if the run has checkpoints.", flags=("--no-load",)
+    log_period: int = setting(
+        10,
+        "Iterations between logs of the recorded metrics to W&B and the progress bar "
+        "(loops decorated with attach_progress_bar log as they step).",
     )
+    test_run: int = setting(
+        0,
+        "A dry run of N iterations (0: a real run): a throwaway run id in a temporary folder, "
+        "W&B disabled, a checkpoint saved and resumed from; the real run is never touched.",
+        cli=False,  # raytrainer run --test-run [N]
+    )
+    do_not_load_checkpoint: bool = setting(
+        False,
+        "Start from scratch; a run that already has checkpoints refuses (see --restart).",
+        flags=("--no-load",),
+    )
+    restart: bool = setting(
+        False,
+        "Start the run over: its folder is moved aside to <run id>-replaced-<time> first.",
+    )
+    verbose: bool = setting(False, "Show Ray's own log lines for every report and checkpoint.")
     max_failures: int = setting(
-        0, "Worker-group restarts allowed under Ray before the run fails (-1: unlimited)."
+        0,
+        "Worker-group restarts allowed under Ray before the run fails (-1: unlimited).",
+        runner="ray",
     )
     worker_env: Mapping[str, str] = setting(
-        doc="Environment variables set in every Ray worker, KEY=VALUE (not in-process).",
+        doc="Environment variables set in every Ray worker, KEY=VALUE.",
         default_factory=dict,
         default_doc="none",
+        runner="ray",
     )
     world_rank: int = setting(
         0, "This process's rank; set by the Ray runner.", cli=False, per_process=True
@@ -222,11 +252,20 @@ class ExperimentSettings:
             ">= 1, or None to keep all ('none' on the command line)",
         )
         _check(
-            self.checkpoint_score_order in ("max", "min"),
+            self.checkpoint_score_order in ("max", "min", None),
             "checkpoint_score_order",
             self.checkpoint_score_order,
             "'max' or 'min'",
         )
+        _check(
+            self.checkpoint_score_metric is None or self.checkpoint_score_order is not None,
+            "checkpoint_score_order",
+            None,
+            f"'min' or 'max' with checkpoint_score_metric={self.checkpoint_score_metric!r}: "
+            "say whether a lower or a higher value is better (--score-order min|max)",
+        )
+        _check(self.log_period >= 1, "log_period", self.log_period, ">= 1")
+        _check(self.test_run >= 0 and self.test_run != 1, "test_run", self.test_run, "0 or >= 2")
         _check(
             self.wandb_mode in ("disabled", "offline", "online"),
             "wandb_mode",
@@ -284,10 +323,10 @@ class Scaling:
     """How many Ray Train workers a run (or each sweep trial) uses, and what each gets."""
 
     num_workers: int = setting(
-        1, "Ray Train workers (DDP ranks); batch_size is divided among them."
+        1, "Ray Train workers (DDP ranks); batch_size is divided among them.", runner="ray"
     )
-    gpus_per_worker: float = setting(0, "GPUs per worker; 0 trains on CPU with gloo.")
-    cpus_per_worker: float = setting(1, "CPUs reserved per worker.")
+    gpus_per_worker: float = setting(0, "GPUs per worker; 0 trains on CPU with gloo.", runner="ray")
+    cpus_per_worker: float = setting(1, "CPUs reserved per worker.", runner="ray")
 
     def __post_init__(self) -> None:
         for name, value, ok in (

@@ -142,3 +142,21 @@ def upload_file(local: Path, location: str) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with open(local, "rb") as source, fs.open_output_stream(path) as stream:
         stream.write(source.read())
+
+
+def move_dir(location: str, destination: str) -> None:
+    """Move a folder to ``destination`` on the same storage (copy then delete on S3)."""
+    fs, path = resolve(location)
+    _, target = resolve(destination)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.move(path, target)  # a rename: atomic
+        return
+    pafs.copy_files(path, target, source_filesystem=fs, destination_filesystem=fs)
+    fs.delete_dir(path)
+
+
+def delete_dir(location: str) -> None:
+    """Delete a folder and everything in it; a missing folder is fine."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)

@@ -28,7 +28,7 @@ from raytrainer.checkpoint.wandb_mirror import WandbClient
 from raytrainer.errors import CheckPointNotFoundError, ConfigError
 from raytrainer.parallel import DataParallelMixin
 from raytrainer.params import HyperParameters
-from raytrainer.progress import ProgressBar, total_iterations
+from raytrainer.progress import ProgressBar, show_metrics, total_iterations
 from raytrainer.protocols import ProtocolHandler
 from raytrainer.registry import Registry
 from raytrainer.rng import seed_everything
@@ -56,8 +56,8 @@ class Trainer(DataParallelMixin, ABC):
     -----
     ``__init__`` seeds every generator from ``hyper_params.seed`` (plus the rank), calls
     :meth:`_build`, then restores the run's newest good checkpoint (unless
-    ``settings.do_not_load_checkpoint`` or ``settings.test_run``); without one it warm-starts
-    from ``hyper_params.base_run`` when set, or calls :meth:`_initialise_state`.
+    ``settings.do_not_load_checkpoint``); without one it warm-starts from
+    ``hyper_params.base_run`` when set, or calls :meth:`_initialise_state`.
     """
 
     hyper_params_cls: ClassVar[type[HyperParameters]] = HyperParameters
@@ -96,16 +96,14 @@ class Trainer(DataParallelMixin, ABC):
             raise
 
     def _restore_or_initialise(self) -> None:
-        settings, hyper_params = self.settings, self.hyper_params
-        seed_everything(hyper_params.seed + settings.world_rank)
+        base_run = self.hyper_params.base_run
+        seed_everything(self.hyper_params.seed + self.settings.world_rank)
         self._build()
         with contextlib.suppress(CheckPointNotFoundError):  # a run's first start has none
-            if not (settings.do_not_load_checkpoint or settings.test_run):
+            if not self.settings.do_not_load_checkpoint:
                 return self.load_and_set_state_from_checkpoint()
-        if hyper_params.base_run is not None and not settings.test_run:
-            self.load_and_set_state_from_checkpoint(
-                from_base_run=True, version=hyper_params.base_run.version
-            )
+        if base_run is not None:
+            self.load_and_set_state_from_checkpoint(from_base_run=True, version=base_run.version)
         else:
             self._initialise_state()
 
@@ -210,9 +208,17 @@ class Trainer(DataParallelMixin, ABC):
     def record_metrics(
         self, metrics: Mapping[str, float | torch.Tensor] | None = None, **kw: float
     ) -> None:
-        """Record the latest value of metrics; the next :meth:`save_checkpoint` reports them."""
+        """Record the latest value of metrics; the next :meth:`save_checkpoint` reports them.
+
+        Every ``settings.log_period`` iterations a progress step logs them to W&B and the bar.
+        """
         for name, value in {**(metrics or {}), **kw}.items():
             self.metrics[name] = float(value)
+
+    def _after_step(self, bar: ProgressBar | None) -> None:
+        if self.metrics and self.iteration % self.settings.log_period == 0:
+            self._checkpointer.log_metrics(self.iteration, self.metrics)
+            show_metrics(bar, self.metrics)
 
     # ------------------------------------------------------------------ checkpoints
 

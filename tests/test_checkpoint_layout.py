@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 import torch
+import xxhash
 
 from raytrainer.checkpoint import (
     apply_retention,
@@ -15,6 +17,7 @@ from raytrainer.checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
+from raytrainer.checkpoint.layout import file_digest
 from raytrainer.errors import (
     CheckpointCorruptError,
     CheckPointNotFoundError,
@@ -41,6 +44,38 @@ def _write(run_dir, iteration, metrics=None, scale=1.0):
     return directory
 
 
+def _as_schema_1(path):
+    """Rewrite a checkpoint's metadata in the schema-1 form: a bare SHA-256 hex per file.
+
+    Raytrainer before XXH3-128 wrote the same files; only these entries and the schema version
+    differ (checked against a checkpoint written by that code).
+    """
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["schema_version"] = 1
+    meta["files"] = {
+        name: {"sha256": hashlib.sha256((path / name).read_bytes()).hexdigest(), "size": e["size"]}
+        for name, e in meta["files"].items()
+    }
+    (path / "metadata.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return path
+
+
+def _damage(path, damage):
+    target = path / "model.pt"
+    if damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "truncate":
+        target.write_bytes(target.read_bytes()[:-10])
+    elif damage == "delete":
+        target.unlink()
+    elif damage == "no_metadata":
+        (path / "metadata.json").unlink()
+    else:
+        (path / "metadata.json").write_text("{not json")
+
+
 def test_round_trip_splits_plain_and_tensor_state(tmp_path):
     path = _write(tmp_path, 7, {"loss": 0.5})
     assert path.name == "checkpoint_000007"
@@ -61,7 +96,7 @@ def test_round_trip_splits_plain_and_tensor_state(tmp_path):
     assert torch.equal(loaded.state["model"]["w"], _state()["model"]["w"])
     assert loaded.state["optimizer"]["param_groups"] == [{"lr": 0.1}]
     assert loaded.state["sampler"] == {"epoch": 2, "position": 48}
-    assert loaded.metadata["schema_version"] == 1
+    assert loaded.metadata["schema_version"] == 2
     assert set(loaded.metadata["files"]) == {
         "hyper_params.json",
         "model.pt",
@@ -70,22 +105,37 @@ def test_round_trip_splits_plain_and_tensor_state(tmp_path):
     }
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "no_metadata", "bad_metadata"])
-def test_damaged_checkpoints_are_detected(tmp_path, damage):
+def test_new_checkpoints_record_xxh3_128_digests(tmp_path):
     path = _write(tmp_path, 1)
-    target = path / "model.pt"
-    if damage == "flip":
-        data = bytearray(target.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        target.write_bytes(bytes(data))
-    elif damage == "truncate":
-        target.write_bytes(target.read_bytes()[:-10])
-    elif damage == "delete":
-        target.unlink()
-    elif damage == "no_metadata":
-        (path / "metadata.json").unlink()
-    else:
-        (path / "metadata.json").write_text("{not json")
+    files = json.loads((path / "metadata.json").read_text())["files"]
+    for name, entry in files.items():
+        data = (path / name).read_bytes()
+        assert entry == {"digest": f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}", "size": len(data)}
+        assert file_digest(path / name) == entry["digest"]
+    assert file_digest(path / "model.pt", "sha256").startswith("sha256:")
+    with pytest.raises(ValueError, match="unknown digest algorithm 'md5'"):
+        file_digest(path / "model.pt", "md5")
+
+
+def test_schema_1_sha256_checkpoints_still_load(tmp_path):
+    path = _as_schema_1(_write(tmp_path, 4, {"loss": 0.25}, scale=2.0))
+    entry = json.loads((path / "metadata.json").read_text())["files"]["model.pt"]
+    assert set(entry) == {"sha256", "size"} and len(entry["sha256"]) == 64
+    loaded = read_checkpoint(path)
+    assert loaded.iteration == 4 and loaded.metadata["schema_version"] == 1
+    assert torch.equal(loaded.state["model"]["w"], _state(2.0)["model"]["w"])
+    assert loaded.state["sampler"] == {"epoch": 2, "position": 48}
+    assert describe_checkpoint(path)["integrity"] == "ok"
+    assert find_checkpoint(tmp_path) == path
+
+
+@pytest.mark.parametrize("schema", [2, 1])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "no_metadata", "bad_metadata"])
+def test_damaged_checkpoints_are_detected(tmp_path, damage, schema):
+    path = _write(tmp_path, 1)
+    if schema == 1:
+        _as_schema_1(path)
+    _damage(path, damage)
     with pytest.raises(CheckpointCorruptError) as info:
         read_checkpoint(path)
     message = str(info.value)
@@ -95,12 +145,41 @@ def test_damaged_checkpoints_are_detected(tmp_path, damage):
     assert describe_checkpoint(path)["integrity"].startswith("BAD")
 
 
+@pytest.mark.parametrize("schema", [2, 1])
+def test_a_flipped_byte_with_the_size_unchanged_is_found_by_the_digest(tmp_path, schema):
+    # The size check alone would pass: only the digest (XXH3-128 or SHA-256) catches this.
+    path = _write(tmp_path, 1)
+    if schema == 1:
+        _as_schema_1(path)
+    state = path / "state.json"
+    state.write_bytes(state.read_bytes().replace(b'"plain"', b'"plaim"'))
+    with pytest.raises(CheckpointCorruptError, match="'state.json' does not match"):
+        verify_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("entry", "error", "match"),
+    [
+        ({"digest": "blake9:00", "size": 1}, CheckpointVersionError, "algorithm 'blake9'"),
+        ({"digest": "00ff", "size": 1}, CheckpointCorruptError, "unreadable metadata.json entry"),
+        ({"size": 1}, CheckpointCorruptError, "unreadable metadata.json entry"),
+    ],
+)
+def test_unknown_or_malformed_digest_entries_are_refused(tmp_path, entry, error, match):
+    path = _write(tmp_path, 1)
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["files"]["model.pt"] = entry
+    (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(error, match=match):
+        verify_checkpoint(path)
+
+
 def test_newer_schema_is_refused_naming_both_versions(tmp_path):
     path = _write(tmp_path, 1)
     meta = json.loads((path / "metadata.json").read_text())
     meta["schema_version"] = 99
     (path / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointVersionError, match="schema version 99.*up to schema version 1"):
+    with pytest.raises(CheckpointVersionError, match="schema version 99.*up to schema version 2"):
         verify_checkpoint(path)
 
 
@@ -168,11 +247,10 @@ def test_retention_keeps_newest(tmp_path):
 
 @pytest.mark.parametrize(
     ("order", "latest_loss", "kept"),
-    [("min", 0.85, [1, 3, 5]), ("max", 0.15, [2, 4, 5]), ("min", 0.05, [1, 3, 5])],
+    [("min", 0.85, [1, 3, 4, 5]), ("max", 0.15, [2, 3, 4, 5]), ("min", 0.05, [1, 3, 5])],
 )
 def test_retention_by_score_always_keeps_the_latest(tmp_path, order, latest_loss, kept):
-    # In the first two cases the latest checkpoint is not among the best three: it is kept
-    # in place of the worst of them.
+    # As Ray Train keeps them: the three best, plus the latest when it is not among them.
     losses = {1: 0.1, 2: 0.9, 3: 0.2, 4: 0.8, 5: latest_loss}
     for it, loss in losses.items():
         _write(tmp_path, it, {"loss": loss})

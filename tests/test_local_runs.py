@@ -176,15 +176,19 @@ def test_cli_checkpoints_ls_and_show(tmp_path, config_file):
     code, out, err = _run_cli(["checkpoints", "ls", run_dir.name], tmp_path)
     assert code == 0, err
     lines = out.splitlines()
-    assert [line.split()[0] for line in lines[1:]] == [
+    assert lines[0] == f"run: {run_dir}"
+    rows = [line.split() for line in lines[2:5]]
+    assert [row[0] for row in rows] == [
         "checkpoint_000020",
         "checkpoint_000040",
         "checkpoint_000060",
     ]
-    assert lines[2].split()[4] == "ok" and lines[3].split()[4] == "BAD"
+    # marks: the newest good one is latest, the altered one BAD; no score metric, no best.
+    assert [row[4] for row in rows] == ["-", "latest", "BAD"]
     code, out, _ = _run_cli(["checkpoints", "show", good], tmp_path)
     info = json.loads(out)
-    assert info["iteration"] == 40 and info["integrity"] == "ok"
+    assert code == 0 and info["iteration"] == 40 and info["integrity"] == "ok"
     assert set(info["metrics"]) == {"iteration", "loss"} and info["size_bytes"] > 0
-    code, out, _ = _run_cli(["checkpoints", "show", bad], tmp_path)
+    code, out, err = _run_cli(["checkpoints", "show", bad], tmp_path)
+    assert code == 1 and "'optimizer.pt' does not match its recorded digest" in err
     assert "'optimizer.pt' does not match its recorded digest" in json.loads(out)["integrity"]

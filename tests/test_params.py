@@ -100,6 +100,8 @@ def test_run_id_is_stable_and_follows_the_values():
     assert a.default_run_id() == b.default_run_id()
     assert a.default_run_id().startswith("regressiontrainer-")
     assert load_hyper_params(EXAMPLE, ["seed=1"]).default_run_id() != a.default_run_id()
+    # A longer run is the same run, extended.
+    assert load_hyper_params(EXAMPLE, ["num_iterations=9"]).default_run_id() == a.default_run_id()
 
 
 def test_diff_lists_changed_leaves():
@@ -134,3 +136,99 @@ def test_version_conversion_and_typed_agent_sections():
     assert isinstance(converted.agent_params("anyone"), _AgentV2)
     with pytest.raises(CheckpointVersionError, match="schema version 3.*up to version 2"):
         _ParamsV2.from_saved({"schema_version": 3, "params": v1})
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        (
+            "num_iteration=10",
+            "num_iteration: unknown field (from --set num_iteration=10); "
+            "did you mean 'num_iterations'?",
+        ),
+        (
+            "protocol_params.max_rounds=2",
+            "protocol_params.max_rounds: unknown field (from --set protocol_params.max_rounds=2)"
+            "; did you mean 'max_message_rounds'?",
+        ),
+        (
+            "learning_rate=0.1",
+            "learning_rate: unknown field (from --set learning_rate=0.1); it belongs elsewhere: "
+            "did you mean 'agents._default.learning_rate'?",
+        ),
+        (
+            "agents._default.zzz=1",
+            "agents._default.zzz: unknown field (from --set agents._default.zzz=1); "
+            "fields here: learning_rate, weight_decay",
+        ),
+        ("batch_size=many", "(got 'many'; from --set batch_size=many)"),
+    ],
+)
+def test_unknown_keys_name_their_source_and_the_nearest_field(override, needle):
+    with pytest.raises(ConfigError) as info:
+        load_hyper_params(EXAMPLE, [override])
+    message = str(info.value)
+    assert message.startswith(f"invalid hyper-parameters in {EXAMPLE} or its --set overrides:")
+    assert needle in message
+
+
+def test_an_unknown_key_in_the_file_is_blamed_on_the_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(EXAMPLE.read_text() + "hiden_dim: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_hyper_params(config, ["seed=1"])
+    assert f"hiden_dim: unknown field (from {config}); did you mean 'hidden_dim'?" in str(
+        info.value
+    )
+    with pytest.raises(ConfigError) as info:
+        load_hyper_params(config)
+    assert str(info.value) == (
+        f"invalid hyper-parameters in {config}:\n"
+        "  hiden_dim: unknown field; did you mean 'hidden_dim'?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "needle"),
+    [
+        ("start: 2026-01-01", "start: 2026-01-01 reads as a YAML date"),
+        ("extra: {when: 2026-01-01 10:00:00}", "extra.when: 2026-01-01 10:00:00 reads as a YAML"),
+        ("tags: [a, 2026-01-01]", "tags.1: 2026-01-01 reads as a YAML date"),
+        ("tags: !!set {a, b}", "tags: a YAML set (!!set)"),
+        ("blob: !!binary aGVsbG8=", "blob: binary data (!!binary)"),
+    ],
+)
+def test_values_json_cannot_hold_name_the_field(tmp_path, yaml_text, needle):
+    config = tmp_path / "c.yaml"
+    config.write_text(EXAMPLE.read_text() + yaml_text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_hyper_params(config)
+    assert str(info.value).startswith(f"config file {str(config)!r}: ")
+    assert needle in str(info.value)
+    if "date" in needle:
+        assert "quote it" in str(info.value)
+
+
+def test_a_date_from_an_override_says_how_to_quote_it():
+    with pytest.raises(ConfigError) as info:
+        load_hyper_params(EXAMPLE, ["base_run.version=2026-01-01"])
+    assert str(info.value) == (
+        "--set base_run.version=2026-01-01: base_run.version: 2026-01-01 reads as a YAML date, "
+        "which a config cannot hold; quote it (--set 'base_run.version=\"2026-01-01\"') to keep "
+        "it as text."
+    )
+    with pytest.raises(ConfigError, match=r"^config: when: 2026-01-01 reads as a YAML date"):
+        load_hyper_params(
+            {**yaml.safe_load(EXAMPLE.read_text()), "when": yaml.safe_load("2026-01-01")}
+        )
+    quoted = load_hyper_params(EXAMPLE, ['base_run={run_id: r, version: "2026-01-01"}'])
+    assert quoted.base_run.version == "2026-01-01"
+
+
+def test_nearest_is_shared_with_its_hint():
+    from raytrainer.params import did_you_mean, nearest
+
+    assert nearest("num_iteration", ["num_iterations", "seed"]) == "num_iterations"
+    assert nearest("xyz", ["num_iterations", "seed"]) is None
+    assert did_you_mean("sed", ["seed"]) == "; did you mean 'seed'?"
+    assert did_you_mean("xyz", ["seed"]) == ""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import re
 from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 
 import raytrainer.checkpoint.checkpointer as checkpointer_module
 from raytrainer import (
@@ -200,8 +200,6 @@ def test_initialise_state_only_without_checkpoint(tmp_path, tiny_config):
     assert calls == [0]  # restored, not initialised
     fresh = Counting(hp, first.scenario_instance, settings(do_not_load_checkpoint=True))
     assert calls == [0, 0] and fresh.iteration == 0
-    Counting(hp, first.scenario_instance, settings(test_run=True))
-    assert calls == [0, 0, 0]
 
 
 def test_missing_checkpoints_raise(tmp_path, tiny_config):
@@ -273,7 +271,9 @@ def test_total_iterations_sum_decorated_methods(tmp_path, tiny_config):
 
 def test_missing_score_metric_fails_at_first_save(tmp_path, tiny_config):
     hp = load_hyper_params(tiny_config)
-    trainer = build_trainer(hp, _settings(tmp_path, checkpoint_score_metric="accuracy"))
+    trainer = build_trainer(
+        hp, _settings(tmp_path, checkpoint_score_metric="accuracy", checkpoint_score_order="max")
+    )
     with pytest.raises(MetricError, match="'accuracy' has not been recorded"):
         trainer.train()
     assert list_checkpoints(trainer.checkpoint_base_dir) == []
@@ -294,6 +294,6 @@ def test_add_file_to_artifact_makes_versions(tmp_path, tiny_config):
 
     manifest = json.loads((root / "v1" / "manifest.json").read_text())
     assert manifest["type"] == "dataset" and manifest["version"] == "v1"
-    assert manifest["files"]["b.txt"] == hashlib.sha256(b"second").hexdigest()
+    assert manifest["files"]["b.txt"] == "xxh3_128:" + xxhash.xxh3_128(b"second").hexdigest()
     with pytest.raises(FileNotFoundError):
         trainer._add_file_to_wandb_artifact("rollouts", "dataset", tmp_path / "missing")

@@ -19,6 +19,7 @@ from helpers.wandb_records import artifact_records, read_records
 
 from raytrainer import ExperimentSettings, Scaling, build_trainer, load_hyper_params, run, run_local
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
+from raytrainer.checkpoint.layout import recorded_digest
 from raytrainer.checkpoint.wandb_mirror import WandbClient
 
 SECRET = "sk-raytrainer-test-secret-0123456789"
@@ -104,7 +105,7 @@ def test_ray_run_mirrors_every_checkpoint_offline(ray_cluster, tiny_config, tmp_
         entries = {e.path: e for e in artifact.manifest.contents}
         assert set(entries) == {p.name for p in checkpoint.iterdir()}
         assert metadata["digests"] == {
-            k: v["sha256"] for k, v in read_checkpoint(checkpoint).metadata["files"].items()
+            k: recorded_digest(v) for k, v in read_checkpoint(checkpoint).metadata["files"].items()
         }
         for name, entry in entries.items():
             assert entry.digest == _xxh128(checkpoint / name), name

@@ -19,7 +19,8 @@ class LocalBackend(Backend):
     run_dir : Path
         The run folder, ``<storage root>/<run id>``.
     num_to_keep : int or None
-        Checkpoints kept after each save; ``None`` keeps all.
+        Checkpoints kept after each save (the newest N, or the N best plus the newest);
+        ``None`` keeps all.
     score_metric, score_order : str or None, {"max", "min"}
         Rank checkpoints by this metric instead of by age.
     logger : logging.Logger or None
@@ -31,7 +32,7 @@ class LocalBackend(Backend):
         run_dir: Path,
         num_to_keep: int | None = None,
         score_metric: str | None = None,
-        score_order: Literal["max", "min"] = "max",
+        score_order: Literal["max", "min"] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).absolute()

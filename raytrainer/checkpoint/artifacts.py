@@ -2,7 +2,9 @@
 
 ``artifacts/<name>/v<k>/`` in the folder rank 0 writes into holds version ``k`` of artifact
 ``name``: the previous version's files plus the one just added, and a ``manifest.json`` of
-digests. Versions are written under a temporary name and renamed into place when complete.
+digests (``"xxh3_128:<hex>"`` per file, as :func:`~raytrainer.checkpoint.layout.file_digest`
+writes them; bare SHA-256 hex before). Versions are written under a temporary name and renamed
+into place when complete.
 """
 
 from __future__ import annotations

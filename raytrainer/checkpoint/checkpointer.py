@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ def run_metadata(run_id: str, trainer_cls: type, iteration: int, world_size: int
         "package": "raytrainer",
         "package_version": __version__,
         "git_sha": git_sha(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "run_id": run_id,
         "trainer": f"{trainer_cls.__module__}:{trainer_cls.__qualname__}",
         "iteration": iteration,
@@ -116,6 +116,7 @@ class Checkpointer:
         self.best_score: float | None = None
         self.restored_from: dict[str, Any] | None = None
         """The run and iteration of the checkpoint this process started from, if any."""
+        self._logged_iteration: int | None = None  # the last metrics row sent to W&B
         self.mirror = open_mirror(
             settings, hyper_params.to_dict(), backend.staging_dir, wandb_client_cls
         )
@@ -147,6 +148,16 @@ class Checkpointer:
             self.mirror.add_file_version(
                 artifact_name, artifact_type, version_dir, Path(file_path).name
             )
+
+    def log_metrics(self, iteration: int, metrics: Mapping[str, float]) -> None:
+        """Queue a row ``{"iteration", **metrics}`` for W&B; rank 0 only, never blocks.
+
+        One row per iteration: a checkpoint at an iteration already logged adds none.
+        """
+        if self.mirror is None or iteration == self._logged_iteration:
+            return
+        self._logged_iteration = iteration
+        self.mirror.log_metrics({"iteration": iteration, **metrics})
 
     # ------------------------------------------------------------------ saving
 
@@ -206,15 +217,21 @@ class Checkpointer:
                 directory,
                 full_state,
                 self.hyper_params.to_saved(),
-                {**metadata(), "metrics": reported, "restored_from": self.restored_from},
+                {
+                    **metadata(),
+                    "metrics": reported,
+                    "score_metric": metric,
+                    "score_order": settings.checkpoint_score_order,
+                    "restored_from": self.restored_from,
+                },
             )
             digests = written["files"]
             if self.mirror is not None:
                 expected = storage.join(self.backend.storage_uri, directory.name)
                 staged = self.mirror.stage(directory, expected)
         location = self.backend.persist(directory, iteration, reported)
+        self.log_metrics(iteration, metrics)
         if self.mirror is not None:
-            self.mirror.log_metrics(reported)
             self.mirror.mirror_checkpoint(staged, location, iteration, reported, digests, is_best)
         if log and settings.is_rank_zero:
             self.logger.info(
@@ -304,7 +321,8 @@ class Checkpointer:
                 skipped.append(directory.name)
                 continue
             self._check_loaded(loaded, compare_params=True)
-            self.logger.info("resuming run %s from %s", self.settings.run_id, loaded.path)
+            if self.settings.is_rank_zero:
+                self.logger.info("resuming run %s from %s", self.settings.run_id, loaded.path)
             return loaded.state
         detail = f" (corrupt: {', '.join(skipped)})" if skipped else ""
         raise CheckPointNotFoundError(
@@ -350,6 +368,8 @@ class Checkpointer:
             "iteration": loaded.metadata.get("iteration"),
             "path": str(loaded.path),
         }
+        if not self.settings.is_rank_zero:  # every rank loads the same checkpoint: say it once
+            return
         their_version = loaded.metadata.get("package_version")
         if their_version != __version__:
             self.logger.warning(
@@ -363,4 +383,5 @@ class Checkpointer:
             diff = theirs.diff(self.hyper_params)
             if diff:
                 lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-                self.logger.warning("hyper-parameters differ from the checkpoint's: %s", lines)
+                # Extending a run or a PBT exploit changes them on purpose: say what changed.
+                self.logger.info("hyper-parameters changed since the checkpoint: %s", lines)

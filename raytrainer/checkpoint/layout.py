@@ -12,15 +12,18 @@ A run folder ``<storage root>/<run id>/`` holds::
 A checkpoint is a directory named ``checkpoint_<iteration, 6 digits>``::
 
     metadata.json       package, versions, git sha, time, iteration, metrics, file digests
+                        and sizes
     hyper_params.json   the run's hyper-parameters with their schema version
     state.json          the plain (JSON) entries of the trainer's state
     <key>.pt            one ``torch.save`` file per state entry holding tensors,
                         read back with ``torch.load(weights_only=True)``
 
-``metadata.json`` is written last and lists a SHA-256 digest per file, so a partial or altered
-checkpoint is detected on load and never trusted. Directories are written under a temporary
-name and renamed into place when complete. This module is the only place that knows these
-names; everything else imports them from here.
+``metadata.json`` is written last and lists a digest and size per file, so a partial or damaged
+checkpoint is detected on load and never trusted. A digest is written ``"<algorithm>:<hex>"``:
+``xxh3_128`` (XXH3-128) since schema version 2; schema-1 checkpoints recorded a bare SHA-256 hex
+under ``sha256`` and are still read. Directories are written under a temporary name and renamed
+into place when complete. This module is the only place that knows these names; everything else
+imports them from here.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import xxhash
 
 from raytrainer.errors import (
     CheckpointCorruptError,
@@ -45,8 +49,19 @@ from raytrainer.errors import (
     CheckpointVersionError,
 )
 
-SCHEMA_VERSION = 1
-"""Schema version of the layout. Increment if it changes; readers accept ``<=`` this."""
+SCHEMA_VERSION = 2
+"""Schema version of the layout. Increment if it changes; readers accept ``<=`` this.
+
+Version 2 records file digests as ``{"digest": "<algorithm>:<hex>", "size": n}``; version 1
+recorded ``{"sha256": "<hex>", "size": n}``.
+"""
+
+DIGEST_ALGORITHM = "xxh3_128"
+"""The algorithm new checkpoints and artifact manifests fingerprint files with (XXH3-128).
+
+The digests detect damage (truncation, bit rot, a partial copy); the metadata is not signed, so
+no algorithm here would stop a deliberate edit.
+"""
 
 METADATA_FILE = "metadata.json"
 PARAMS_FILE = "hyper_params.json"
@@ -78,10 +93,14 @@ SWEEP_PLOT_FILE = "sweep_metric.png"
 """The metric against iteration for every trial; stopped trials marked."""
 TUNE_POINTER_FILE = "raytrainer_pointer.json"
 """In a multi-worker trial's Tune checkpoint: the run and checkpoint in storage it stands for."""
+TEST_RUNS_DIR = "raytrainer-test-runs"
+"""Under a cloud storage root: where ``--test-run`` dry runs live until they finish."""
 
 _NAME_RE = re.compile(r"^checkpoint_(\d{6,})$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _PLAIN = (str, int, float, bool, type(None))
+# Every algorithm a digest may name; SHA-256 for schema-1 checkpoints, written before XXH3-128.
+_HASHERS: dict[str, Callable[[], Any]] = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
 
 
 def checkpoint_dir_name(iteration: int) -> str:
@@ -98,6 +117,11 @@ def artifact_versions(artifact_dir: Path) -> list[int]:
     """Return the complete versions under ``artifacts/<name>/``, oldest first."""
     found = (p.name[1:] for p in Path(artifact_dir).glob("v*") if p.is_dir())
     return sorted(int(v) for v in found if v.isdigit())
+
+
+def replaced_run_name(run_id: str, stamp: str) -> str:
+    """The name a run folder is moved aside to when the run is restarted (``--restart``)."""
+    return f"{run_id}-replaced-{stamp}"
 
 
 def temporary_name(name: str) -> str:
@@ -162,13 +186,61 @@ def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, indent=1, sort_keys=True).encode()
 
 
-def file_digest(path: Path) -> str:
-    """Return the SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    sha = hashlib.sha256()
+def _new_hash(algorithm: str) -> Any:
+    try:
+        return _HASHERS[algorithm]()
+    except KeyError:
+        raise ValueError(
+            f"unknown digest algorithm {algorithm!r}; known: {', '.join(sorted(_HASHERS))}."
+        ) from None
+
+
+def file_digest(path: Path, algorithm: str = DIGEST_ALGORITHM) -> str:
+    """Return a file's digest as ``"<algorithm>:<hex>"``, read in 1 MiB blocks.
+
+    Parameters
+    ----------
+    path : Path
+        The file to read.
+    algorithm : {"xxh3_128", "sha256"}
+        The hash; XXH3-128 by default, SHA-256 to check schema-1 checkpoints.
+
+    Returns
+    -------
+    str
+        For example ``"xxh3_128:a96faf705af16834e6c632b61e964e1f"``.
+
+    Raises
+    ------
+    ValueError
+        If ``algorithm`` is not one of the above.
+    """
+    digest = _new_hash(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
+            digest.update(block)
+    return f"{algorithm}:{digest.hexdigest()}"
+
+
+def recorded_digest(entry: Mapping[str, Any]) -> str:
+    """Return the ``"<algorithm>:<hex>"`` digest of one entry of a checkpoint's ``files``.
+
+    Reads both forms: ``{"digest": "xxh3_128:<hex>", ...}`` (schema 2) and
+    ``{"sha256": "<hex>", ...}`` (schema 1).
+
+    Raises
+    ------
+    KeyError
+        If the entry holds neither.
+    ValueError
+        If the digest is not a string of the form ``"<algorithm>:<hex>"``.
+    """
+    if "digest" not in entry:
+        return f"sha256:{entry['sha256']}"
+    digest = entry["digest"]
+    if not isinstance(digest, str) or ":" not in digest:
+        raise ValueError(f"digest {digest!r} is not '<algorithm>:<hex>'")
+    return digest
 
 
 def split_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -195,13 +267,14 @@ def split_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 class _HashingWriter:
     """A write-only file that hashes what passes through, so files are read once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, algorithm: str = DIGEST_ALGORITHM) -> None:
+        self._algorithm = algorithm
+        self._hash = _new_hash(algorithm)
         self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self._sha = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> int:
-        self._sha.update(data)
+        self._hash.update(data)
         self.size += len(data)
         return self._file.write(data)
 
@@ -210,7 +283,7 @@ class _HashingWriter:
 
     def close(self) -> dict[str, Any]:
         self._file.close()
-        return {"sha256": self._sha.hexdigest(), "size": self.size}
+        return {"digest": f"{self._algorithm}:{self._hash.hexdigest()}", "size": self.size}
 
 
 def _write_file(path: Path, data: bytes | None = None, tensors: Any = None) -> dict[str, Any]:
@@ -251,7 +324,8 @@ def write_checkpoint(
     Returns
     -------
     dict
-        The metadata as written, with ``schema_version`` and the ``files`` digests.
+        The metadata as written, with ``schema_version`` and ``files``: per file name,
+        ``{"digest": "xxh3_128:<hex>", "size": <bytes>}``.
     """
     if "iteration" not in metadata:
         raise ValueError("checkpoint metadata needs an 'iteration'.")
@@ -296,7 +370,7 @@ def verify_checkpoint(directory: Path) -> dict[str, Any]:
     CheckpointCorruptError
         If ``metadata.json`` is missing or unreadable, or a file is missing or its digest differs.
     CheckpointVersionError
-        If the checkpoint's schema version is newer than this code reads.
+        If the checkpoint's schema version, or a digest's algorithm, is newer than this code reads.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -323,7 +397,22 @@ def verify_checkpoint(directory: Path) -> dict[str, Any]:
         path = directory / name
         if not path.is_file():
             raise CheckpointCorruptError(f"checkpoint {str(directory)!r} is missing file {name!r}.")
-        if path.stat().st_size != info["size"] or file_digest(path) != info["sha256"]:
+        try:
+            size = int(info["size"])
+            expected = recorded_digest(info)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointCorruptError(
+                f"checkpoint {str(directory)!r} has an unreadable {METADATA_FILE} entry for "
+                f"{name!r}: {exc!r}"
+            ) from None
+        algorithm = expected.partition(":")[0]
+        if algorithm not in _HASHERS:
+            raise CheckpointVersionError(
+                f"checkpoint {str(directory)!r}: file {name!r} has a digest of algorithm "
+                f"{algorithm!r}, which this raytrainer cannot check. Upgrade raytrainer to load it."
+            )
+        # The size first: a truncated file is found without reading it.
+        if path.stat().st_size != size or file_digest(path, algorithm) != expected:
             raise CheckpointCorruptError(
                 f"checkpoint {str(directory)!r}: file {name!r} does not match its recorded "
                 "digest (altered or truncated)."
@@ -386,17 +475,17 @@ def apply_retention(
     run_dir: Path,
     num_to_keep: int | None,
     score_metric: str | None = None,
-    score_order: Literal["max", "min"] = "max",
+    score_order: Literal["max", "min"] | None = None,
 ) -> list[Path]:
     """Delete checkpoints beyond ``num_to_keep``; return the deleted folders.
 
-    Without a score metric the newest are kept; with one, the best by that metric. The newest
-    checkpoint is always kept, since resuming needs it.
+    As Ray Train keeps them: without a score metric the newest ``num_to_keep``; with one, the
+    ``num_to_keep`` best by that metric plus the newest (resuming needs it), so one more when
+    the newest is not among the best.
     """
     checkpoints = list_checkpoints(run_dir)
     if num_to_keep is None or len(checkpoints) <= num_to_keep:
         return []
-    latest = checkpoints[-1]
     if score_metric is None:
         keep = set(checkpoints[-num_to_keep:])
     else:
@@ -409,10 +498,9 @@ def apply_retention(
             except (OSError, ValueError, KeyError, TypeError):
                 return float("inf")  # unreadable or unscored: first to go
 
-        keep = set(sorted(checkpoints, key=score)[:num_to_keep])
-        if latest not in keep:
-            keep.discard(max(keep, key=score))
-            keep.add(latest)
+        # Ties: the newer checkpoint first.
+        ranked = sorted(checkpoints, key=lambda p: (score(p), -(parse_iteration(p.name) or 0)))
+        keep = {*ranked[:num_to_keep], checkpoints[-1]}
     deleted = [p for p in checkpoints if p not in keep]
     for path in deleted:
         shutil.rmtree(path, ignore_errors=True)

@@ -30,7 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from raytrainer._version import __version__
-from raytrainer.checkpoint.layout import WANDB_OFFLINE_STAGING_DIR, WANDB_STAGING_DIR
+from raytrainer.checkpoint.layout import (
+    WANDB_OFFLINE_STAGING_DIR,
+    WANDB_STAGING_DIR,
+    recorded_digest,
+)
 from raytrainer.settings import ExperimentSettings
 from raytrainer.storage import is_uri
 
@@ -83,6 +87,9 @@ class _Job:
     name: str  # what the warnings call it: "checkpoint_000020" or "artifact rollouts:v1"
     action: Callable[[Any], None]  # called with the W&B run
     cleanup: Callable[[], None] = field(default=lambda: None)
+    # Checkpoints and artifacts are retried and, if they fail, named at the end; a metrics
+    # row is tried once and dropped (the next one is a few iterations away).
+    tracked: bool = True
 
 
 class CheckpointMirror:
@@ -162,7 +169,7 @@ class CheckpointMirror:
             "metrics": dict(metrics),
             "storage_uri": storage_uri,
             "package_version": __version__,
-            "digests": {k: v["sha256"] for k, v in digests.items()},
+            "digests": {k: recorded_digest(v) for k, v in digests.items()},
         }
         aliases = ["latest", f"iter-{iteration}", *(["best"] if is_best else [])]
 
@@ -178,11 +185,13 @@ class CheckpointMirror:
         self._submit(_Job(name, action, cleanup))
 
     def log_metrics(self, metrics: Mapping[str, Any]) -> None:
-        """Queue metrics, logged against ``iteration``."""
+        """Queue a row of metrics, logged against its ``iteration``; never blocks."""
+        row = dict(metrics)
         self._submit(
             _Job(
-                f"metrics at iteration {metrics.get('iteration')}",
-                lambda run: self._client.log(run, metrics),
+                f"metrics at iteration {row.get('iteration')}",
+                lambda run: self._client.log(run, row),
+                tracked=False,
             )
         )
 
@@ -236,15 +245,19 @@ class CheckpointMirror:
         return missing
 
     def _submit(self, job: _Job) -> None:
-        with self._lock:
-            self.pending.append(job.name)
+        if job.tracked:
+            with self._lock:
+                self.pending.append(job.name)
         self._queue.put(job)
 
     # ---------------------------------------------------------------- background thread side
 
-    def _attempt(self, what: str, call: Callable[[], Any]) -> tuple[bool, Any]:
+    def _attempt(
+        self, what: str, call: Callable[[], Any], max_attempts: int | None = None
+    ) -> tuple[bool, Any]:
         delay = self._backoff
-        for attempt in range(1, self._max_attempts + 1):
+        max_attempts = max_attempts or self._max_attempts
+        for attempt in range(1, max_attempts + 1):
             try:
                 return True, call()
             except Exception as exc:  # noqa: BLE001 - any W&B failure must not stop training
@@ -252,11 +265,11 @@ class CheckpointMirror:
                     "W&B mirror: %s failed (attempt %d/%d): %s: %s",
                     what,
                     attempt,
-                    self._max_attempts,
+                    max_attempts,
                     type(exc).__name__,
                     exc,
                 )
-                if attempt < self._max_attempts and self._stop.wait(delay):
+                if attempt < max_attempts and self._stop.wait(delay):
                     break
                 delay = min(delay * 2, 30.0)
         return False, None
@@ -275,8 +288,12 @@ class CheckpointMirror:
             job = self._queue.get()
             if job is None:
                 break
-            done = ok and self._attempt(job.name, lambda job=job: job.action(self._run))[0]
+            attempts = None if job.tracked else 1
+            call = lambda job=job: job.action(self._run)  # noqa: E731
+            done = ok and self._attempt(job.name, call, attempts)[0]
             job.cleanup()
+            if not job.tracked:
+                continue
             with self._lock:
                 self.pending.remove(job.name)
                 (self.mirrored if done else self.failed).append(job.name)
@@ -352,7 +369,8 @@ def open_mirror(
         "tags": list(settings.wandb_tags) or None,
         "config": config,
         "dir": os.environ.get("WANDB_DIR"),  # read now: wandb keeps a process's first
-        "settings": {"console": "off"},
+        # W&B's own banner and end-of-run summary only with --verbose: the run prints its own.
+        "settings": {"console": "off", "silent": not settings.verbose},
     }
     return CheckpointMirror(
         client_cls(),

@@ -154,9 +154,15 @@ class HyperParameters(ParamsModel):
         return hashlib.sha256(text.encode()).hexdigest()
 
     def default_run_id(self) -> str:
-        """Return the run id derived from the hyper-parameters: ``<trainer>-<hash>``."""
+        """Return the run id derived from the hyper-parameters: ``<trainer>-<hash>``.
+
+        ``num_iterations`` is left out of the hash, so rerunning with a larger one extends the
+        same run instead of starting a new one.
+        """
         stem = re.sub(r"[^a-z0-9]+", "-", self.trainer.rsplit(":", 1)[-1].lower()).strip("-")
-        return f"{stem or 'run'}-{self.stable_hash()[:10]}"
+        values = {k: v for k, v in self.to_dict().items() if k != "num_iterations"}
+        text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+        return f"{stem or 'run'}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
     def diff(self, other: HyperParameters) -> dict[str, tuple[Any, Any]]:
         """Return ``{dotted.path: (self value, other value)}`` for every differing leaf."""

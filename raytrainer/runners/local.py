@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from raytrainer.build import build_trainer, local_settings
 from raytrainer.params import HyperParameters
-from raytrainer.runners.result import RunResult, already_complete, mark_complete
+from raytrainer.runners.dry_run import dry_run
+from raytrainer.runners.result import RunResult, mark_complete, prepare_run_folder
 from raytrainer.settings import ExperimentSettings
 
 
@@ -12,12 +15,17 @@ def run_local(hyper_params: HyperParameters, settings: ExperimentSettings) -> Ru
     """Run the trainer in this process; resume the run if it has checkpoints.
 
     Checkpoints go to ``<storage>/<run id>/checkpoint_<n>``, the same layout as under Ray.
-    Rerunning a finished run returns at once with ``already_complete=True``.
+    Rerunning a finished run returns at once with ``already_complete=True``; rerunning it with
+    a larger ``num_iterations`` continues it. ``settings.test_run`` makes it a dry run
+    (:func:`raytrainer.runners.dry_run.dry_run`).
     """
+    if settings.test_run:
+        return dry_run(hyper_params, settings, run_local)
+    started = time.perf_counter()
     settings = local_settings(hyper_params, settings)
     backend = settings.backend
     assert backend is not None
-    done = already_complete(backend.storage_uri, settings)
+    done = prepare_run_folder(backend.storage_uri, hyper_params, settings)
     if done is not None:
         return done
     trainer = build_trainer(hyper_params, settings)
@@ -32,5 +40,5 @@ def run_local(hyper_params: HyperParameters, settings: ExperimentSettings) -> Ru
         dict(trainer.metrics),
         unmirrored=unmirrored,
     )
-    mark_complete(result, settings)
+    mark_complete(result, hyper_params, settings, started)
     return result

@@ -9,8 +9,10 @@ what W&B missed.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -24,7 +26,8 @@ from raytrainer.build import build_trainer, load_hyper_params, resolve_settings,
 from raytrainer.errors import ConfigError, RunFailedError
 from raytrainer.params import HyperParameters
 from raytrainer.progress import ProgressBar, ProgressBarFactory
-from raytrainer.runners.result import RunResult, already_complete, mark_complete
+from raytrainer.runners.dry_run import dry_run
+from raytrainer.runners.result import RunResult, mark_complete, prepare_run_folder
 from raytrainer.settings import ExperimentSettings, Scaling
 
 
@@ -55,21 +58,28 @@ def run(
             f"batch_size={hyper_params.batch_size} is the global batch and must divide by "
             f"num_workers={scaling.num_workers}."
         )
+    if settings.test_run:
+        return dry_run(hyper_params, settings, lambda hp, s: run(hp, s, scaling, address=address))
+    began = time.perf_counter()
     settings = resolve_settings(hyper_params, settings)
     storage_fs, storage_path = storage.resolve(str(settings.storage_path))  # before Ray starts
-    done = already_complete(run_uri(settings), settings)
+    done = prepare_run_folder(run_uri(settings), hyper_params, settings)
     if done is not None:
         return done
+    # The folder is settled: a worker group Ray restarts must resume, not start over.
+    settings = dataclasses.replace(settings, do_not_load_checkpoint=False, restart=False)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints shown once
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, logging_level="WARNING", log_to_driver=True)
     settings = with_wandb_folders(settings, on_this_machine=started and address is None)
     try:
-        return _fit(hyper_params, settings, scaling, storage_fs, storage_path)
+        result = _fit(hyper_params, settings, scaling, storage_fs, storage_path)
     finally:
         if started:
             ray.shutdown()
+    mark_complete(result, hyper_params, settings, began)
+    return result
 
 
 _WANDB_FOLDERS = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")
@@ -105,7 +115,13 @@ def torch_trainer(
     limits and worker environment come from ``settings``; ``status_actor`` names the actor rank
     0 reports progress to; ``callbacks`` run on Ray Train's controller.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
@@ -130,7 +146,7 @@ def torch_trainer(
             checkpoint_config=CheckpointConfig(
                 num_to_keep=settings.num_to_keep,
                 checkpoint_score_attribute=settings.checkpoint_score_metric,
-                checkpoint_score_order=settings.checkpoint_score_order,
+                checkpoint_score_order=settings.checkpoint_score_order or "max",
             ),
             # Worker errors are retried max_failures times; a controller that cannot start
             # the workers at all fails the run instead of retrying forever.
@@ -141,6 +157,8 @@ def torch_trainer(
             if settings.worker_env
             else None,
             callbacks=callbacks,
+            # Ray Train logs every report and checkpoint of every rank at INFO.
+            logging_config=LoggingConfig(log_level="INFO" if settings.verbose else "WARNING"),
         ),
     )
 
@@ -173,9 +191,7 @@ def _fit(
         ray.kill(actor)
     final = dict(result.metrics or {})  # reported with the last checkpoint
     iteration = int(final.pop("iteration", 0))
-    out = RunResult(run_id, uri, iteration, final, unmirrored=unmirrored)
-    mark_complete(out, settings)
-    return out
+    return RunResult(run_id, uri, iteration, final, unmirrored=unmirrored)
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -186,6 +202,8 @@ def train_worker(config: dict[str, Any]) -> None:
     """
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    if not config["settings"].get("verbose"):
+        _quiet_report_lines()
     hyper_params = load_hyper_params(config["hyper_params"])
     named = config["status_actor"]
     status = ray.get_actor(named) if rank == 0 and named else None
@@ -211,6 +229,20 @@ def train_worker(config: dict[str, Any]) -> None:
         backend.cleanup()
 
 
+def _quiet_report_lines() -> None:
+    """Drop Ray Train's "Reporting training result ..." line, logged by every rank per report.
+
+    RunConfig's LoggingConfig quiets Ray Train's loggers, but this one is named after its file.
+    """
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray layout: its lines stay
+        return
+    logger = getattr(train_context, "logger", None)
+    if isinstance(logger, logging.Logger):
+        logger.setLevel(logging.WARNING)
+
+
 @ray.remote(num_cpus=0)
 class RunStatusActor:
     """What rank 0 tells the driver: progress as it goes, and what W&B missed at the end."""
@@ -219,6 +251,7 @@ class RunStatusActor:
         self.total = 0
         self.initial = 0
         self.n = 0
+        self.postfix: dict[str, str] = {}
         self.unmirrored: list[str] = []
 
     def set_unmirrored(self, names: list[str]) -> None:
@@ -237,9 +270,13 @@ class RunStatusActor:
         """Advance by ``n``."""
         self.n += n
 
-    def get(self) -> tuple[int, int, int]:
-        """Return ``(total, initial, n)``."""
-        return self.total, self.initial, self.n
+    def set_postfix(self, postfix: dict[str, str]) -> None:
+        """Set the latest metrics, as the bar shows them."""
+        self.postfix = dict(postfix)
+
+    def get(self) -> tuple[int, int, int, dict[str, str]]:
+        """Return ``(total, initial, n, postfix)``."""
+        return self.total, self.initial, self.n, self.postfix
 
 
 class _RemoteBar:
@@ -251,6 +288,9 @@ class _RemoteBar:
 
     def update(self, n: int = 1) -> None:
         self._actor.update.remote(n)
+
+    def set_postfix(self, postfix: dict[str, str], refresh: bool = False) -> None:
+        self._actor.set_postfix.remote(postfix)
 
     def close(self) -> None:
         pass
@@ -310,7 +350,7 @@ class DriverProgress:
 
     def _refresh(self) -> None:
         try:
-            total, initial, n = ray.get(self._actor.get.remote(), timeout=10)
+            total, initial, n, postfix = ray.get(self._actor.get.remote(), timeout=10)
         except (ray.exceptions.RayError, TimeoutError):
             return
         if total == 0:
@@ -319,6 +359,9 @@ class DriverProgress:
             assert self._factory is not None
             self._bar = self._factory(total=total, initial=initial, desc=self._desc)
             self._shown = initial
+        set_postfix = getattr(self._bar, "set_postfix", None)
+        if postfix and set_postfix is not None:  # already formatted by rank 0
+            set_postfix(postfix, refresh=False)
         if n != self._shown:
             self._bar.update(n - self._shown)
             self._shown = n

@@ -84,3 +84,10 @@ class BrokenTrainer(RegressionTrainer):
 
     def _build(self) -> None:
         raise ValueError("the model definition is broken: hidden_dim must be even")
+
+
+class NeverSavesTrainer(RegressionTrainer):
+    """Trains but never saves a checkpoint: what a dry run (``--test-run``) must catch."""
+
+    def save_checkpoint(self, log: bool = True) -> None:
+        pass

@@ -1,0 +1,222 @@
+"""What users expect around a run: a dry run that cannot hurt, extending, starting over, live
+metrics, one start line and one last line, and settings that fail before anything starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers.gated import STARTS_ENV, read_starts
+from helpers.wandb_records import read_records
+
+from raytrainer import ExperimentSettings, load_hyper_params, run_local
+from raytrainer.checkpoint import list_checkpoints, read_checkpoint
+from raytrainer.cli import main
+from raytrainer.errors import ConfigError
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_config):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    return path
+
+
+def _cli(capsys, *args: str) -> tuple[int, list[str], str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err
+
+
+def test_test_run_never_touches_the_real_run(tmp_path, config_file, capsys, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where the dry run's folder goes
+    (tmp_path / "tmp").mkdir()
+    storage = tmp_path / "runs"
+    common = ["run", config_file, "--local", "--run-id", "tr", "--storage-path", storage]
+    code, _, err = _cli(capsys, *common, "--checkpoint-period", "10", "--no-progress")
+    assert code == 0, err
+    before = _fingerprint(storage)
+    assert "tr/complete.json" in before and "tr/checkpoint_000030/metadata.json" in before
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # a test run disables W&B all the same
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    for _ in range(2):  # the second must not delete anything through retention either
+        code, out, err = _cli(
+            capsys,
+            *common,
+            "--test-run",
+            "--num-to-keep",
+            "1",
+            "--set",
+            "num_iterations=100",
+            "--set",
+            "agents._default.learning_rate=0.5",
+            "--no-progress",
+        )
+        assert code == 0, err
+        assert out[-1] == "test run passed (4 iterations, checkpoint saved and resumed)"
+    assert _fingerprint(storage) == before
+    assert not (tmp_path / "wandb_dir").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []  # the throwaway folder is gone
+
+
+def test_test_run_of_a_trainer_that_never_saves_fails_clearly(tmp_path, tiny_config):
+    hp = load_hyper_params({**tiny_config, "trainer": "helpers.gated:NeverSavesTrainer"})
+    settings = ExperimentSettings(
+        storage_path=str(tmp_path), test_run=6, progress_bar_factory=None, wandb_mode="disabled"
+    )
+    with pytest.raises(Exception, match=r"no checkpoint at iteration 6.*save_checkpoint\(\)"):
+        run_local(hp, settings)
+
+
+def test_a_longer_run_extends_the_finished_one(tmp_path, tiny_config, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="raytrainer")
+    monkeypatch.setenv(STARTS_ENV, str(tmp_path / "starts"))
+    settings = ExperimentSettings(
+        storage_path=str(tmp_path), checkpoint_period=10, progress_bar_factory=None
+    )
+    short = load_hyper_params(tiny_config, ["num_iterations=20"])
+    first = run_local(short, settings)
+    assert first.iteration == 20 and not first.already_complete
+    assert run_local(short, settings).already_complete
+
+    longer = load_hyper_params(tiny_config, ["num_iterations=40"])
+    assert longer.default_run_id() == short.default_run_id()  # no --run-id needed
+    extended = run_local(longer, settings)
+    assert (extended.run_id, extended.iteration) == (first.run_id, 40)
+    assert not extended.already_complete
+    assert read_starts(tmp_path / "starts") == {first.run_id: [0, 20]}  # resumed, not redone
+    assert "(num_iterations: 20 -> 40); continuing it" in caplog.text
+    assert run_local(longer, settings).already_complete
+    complete = json.loads((tmp_path / first.run_id / "complete.json").read_text())
+    assert complete["iteration"] == 40 and complete["hyper_params"]["num_iterations"] == 40
+
+
+def test_starting_over_is_explicit(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.setenv(STARTS_ENV, str(tmp_path / "starts"))
+    hp = load_hyper_params(tiny_config)
+    settings = ExperimentSettings(
+        storage_path=str(tmp_path / "runs"), checkpoint_period=10, progress_bar_factory=None
+    )
+    first = run_local(hp, settings)
+    old = _fingerprint(tmp_path / "runs" / first.run_id)
+    with pytest.raises(ConfigError, match="already has checkpoints.*--restart"):
+        run_local(hp, ExperimentSettings(**{**vars(settings), "do_not_load_checkpoint": True}))
+    assert _fingerprint(tmp_path / "runs" / first.run_id) == old
+
+    again = run_local(hp, ExperimentSettings(**{**vars(settings), "restart": True}))
+    assert not again.already_complete and again.iteration == 30
+    (aside,) = [p for p in (tmp_path / "runs").iterdir() if p.name != first.run_id]
+    assert aside.name.startswith(f"{first.run_id}-replaced-")
+    assert _fingerprint(aside) == old  # moved aside whole, not merged or deleted
+    assert read_starts(tmp_path / "starts") == {first.run_id: [0, 0]}
+
+
+class _Bar:
+    postfixes: list[tuple[int, dict]] = []
+
+    def __init__(self, total: int, initial: int = 0, desc: str = "") -> None:
+        self.n = initial
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, values: dict, refresh: bool = True) -> None:
+        _Bar.postfixes.append((self.n, dict(values)))
+
+    def close(self) -> None:
+        pass
+
+
+def test_metrics_are_logged_live_every_log_period(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    (tmp_path / "wandb").mkdir()
+    hp = load_hyper_params(tiny_config, ["num_iterations=1000"])
+    _Bar.postfixes = []
+    settings = ExperimentSettings(
+        storage_path=str(tmp_path / "runs"),
+        checkpoint_period=100,
+        log_period=10,
+        wandb_mode="offline",
+        progress_bar_factory=_Bar,
+    )
+    result = run_local(hp, settings)
+    records = [r for p in (tmp_path / "wandb").rglob("run-*.wandb") for r in read_records(p)]
+    rows = [
+        {
+            (item.key or "/".join(item.nested_key)): json.loads(item.value_json)
+            for item in r.history.item
+        }
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
+    assert [row["iteration"] for row in rows] == list(range(10, 1001, 10))  # checkpoints add none
+    assert all(isinstance(row["loss"], float) for row in rows)
+    # The step metric W&B plots against is the iteration, so a resumed run never goes back.
+    metrics = {
+        r.metric.glob_name or r.metric.name: r.metric.step_metric
+        for r in records
+        if r.WhichOneof("record_type") == "metric"
+    }
+    assert metrics.get("*") == "iteration"
+    assert [n for n, _ in _Bar.postfixes] == list(range(10, 1001, 10))
+    assert _Bar.postfixes[-1][1] == {"loss": f"{result.metrics['loss']:.4g}"}
+
+
+def test_cli_prints_a_start_line_and_a_last_line(tmp_path, config_file, capsys):
+    storage = tmp_path / "runs"
+    args = ["run", config_file, "--local", "--no-progress", "--storage-path", storage]
+    code, out, err = _cli(
+        capsys, *args, "--checkpoint-period", "10", "--score-metric", "loss", "--score-order", "min"
+    )
+    assert code == 0, err
+    (run_dir,) = storage.iterdir()
+    assert out[0] == f"run {run_dir.name} (in-process): storage {run_dir}; W&B disabled"
+    loss = read_checkpoint(list_checkpoints(run_dir)[-1]).metadata["metrics"]["loss"]
+    losses = {
+        p.name: read_checkpoint(p).metadata["metrics"]["loss"]
+        for p in run_dir.iterdir()
+        if p.name.startswith("checkpoint_")
+    }
+    best = min(losses, key=losses.__getitem__)
+    assert out[-1].startswith(
+        f"run {run_dir.name} complete at iteration 30: metrics loss={loss:.4g}; "
+        f"newest checkpoint_000030, best {best}; 0m"
+    )
+    assert out[-1].endswith(f"; in {run_dir}")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--local", "--device", "cuda:7"], "device='cuda:7' is not available here"),
+        (["--local", "--device", "tpu"], "device='tpu' is invalid"),
+        (
+            ["--local", "--num-workers", "4", "--max-failures", "3", "--worker-env", "A=B"],
+            "--num-workers, --max-failures, --worker-env: only for Ray runs",
+        ),
+        (["--local", "--address", "127.0.0.1:1"], "--address: only for Ray runs"),
+        (["--device", "cpu"], "--device: only for in-process runs (--local)"),
+        (["--local", "--score-metric", "loss"], "--score-order min|max"),
+    ],
+)
+def test_bad_settings_fail_in_one_line_before_anything_starts(
+    tmp_path, config_file, capsys, flags, message
+):
+    storage = tmp_path / "runs"
+    code, out, err = _cli(capsys, "run", config_file, "--storage-path", storage, *flags)
+    assert code == 2
+    assert out == [] and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not storage.exists()
