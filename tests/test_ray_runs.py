@@ -106,15 +106,50 @@ def test_two_workers_keep_the_layout_and_draw_one_bar(two_workers):
 
 def test_two_workers_match_in_process_on_the_same_global_batch(ray_cluster, tiny_config, tmp_path):
     # Without dropout: per-sample random masks cannot match across world sizes.
-    hp = load_hyper_params({**_config(tiny_config), "dropout": 0.0})
-    quiet = {"progress_bar_factory": None}
-    ray_result = run(hp, _settings(tmp_path / "ray", **quiet), Scaling(num_workers=2))
-    local_result = run_local(hp, _settings(tmp_path / "local", **quiet))
+    hp = load_hyper_params(
+        {**_config(tiny_config), "dropout": 0.0, "trainer": "helpers.gated:PeakScoreTrainer"}
+    )
+    # Retention by a score that is the same on both runners and best at iteration 20: Ray keeps
+    # the best plus the newest, and so must the in-process runner.
+    kw = {
+        "progress_bar_factory": None,
+        "num_to_keep": 1,
+        "checkpoint_score_metric": "score",
+        "checkpoint_score_order": "max",
+    }
+    ray_result = run(hp, _settings(tmp_path / "ray", **kw), Scaling(num_workers=2))
+    local_result = run_local(hp, _settings(tmp_path / "local", **kw))
     on_ray = _final_model(tmp_path / "ray" / ray_result.run_id)
     in_process = _final_model(tmp_path / "local" / local_result.run_id)
     assert list(on_ray) == list(in_process)
     for key, value in on_ray.items():  # gloo's all-reduce order differs: float tolerance
         torch.testing.assert_close(value, in_process[key], rtol=1e-4, atol=1e-5)
+    kept = {
+        runner: [p.name for p in list_checkpoints(tmp_path / runner / result.run_id)]
+        for runner, result in (("ray", ray_result), ("local", local_result))
+    }
+    assert kept["ray"] == kept["local"] == ["checkpoint_000020", "checkpoint_000040"]
+    assert ray_result.best_checkpoint == local_result.best_checkpoint == "checkpoint_000020"
+
+
+def test_a_test_run_on_ray_resumes_and_leaves_the_real_run_alone(two_workers, tmp_path):
+    hp, storage, result, _ = two_workers
+    before = {p: p.read_bytes() for p in sorted(storage.rglob("*")) if p.is_file()}
+    changed = load_hyper_params(hp.to_dict(), ["agents._default.learning_rate=0.5"])
+    dry = run(
+        changed,
+        _settings(
+            storage,
+            run_id=result.run_id,  # the real run's id, as `raytrainer run --run-id` would give
+            progress_bar_factory=None,
+            test_run=4,
+            wandb_mode="offline",
+        ),
+        Scaling(num_workers=2),
+    )
+    assert dry.run_id.startswith(f"{result.run_id}-test-") and dry.iteration == 4
+    assert not Path(dry.storage_uri).exists()  # the throwaway folder is gone
+    assert {p: p.read_bytes() for p in sorted(storage.rglob("*")) if p.is_file()} == before
 
 
 def test_sigkilled_worker_resumes_bitwise(two_workers, tmp_path):
@@ -211,6 +246,9 @@ def test_ray_job_submit_runs_the_example(ray_cluster, tmp_path):
     ]
     assert read_checkpoint(run_dir / "checkpoint_000030").metadata["world_size"] == 2
     assert (run_dir / "complete.json").is_file()
+    # Clean output: Ray Train's per-report lines are off, and the run ends with its summary.
+    assert "Reporting training result" not in job.stdout
+    assert f"run {run_dir.name} complete at iteration 30: metrics loss=" in job.stdout
 
 
 def test_a_worker_that_cannot_start_ends_the_run_with_its_error(ray_cluster, tiny_config, tmp_path):

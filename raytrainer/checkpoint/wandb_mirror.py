@@ -362,6 +362,9 @@ def open_mirror(
         "id": settings.run_id,
         "name": settings.run_id,
         "resume": "allow",
+        # A reused Tune actor can start a trial while the previous trial's run still flushes;
+        # W&B's default would hand the new trial that run instead of its own.
+        "reinit": "create_new",
         "project": settings.wandb_project,
         "entity": settings.wandb_entity,
         "mode": settings.wandb_mode,

@@ -7,18 +7,15 @@ the same command is a no-op, while a larger ``num_iterations`` continues the run
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from raytrainer import storage
-from raytrainer.checkpoint.layout import (
-    COMPLETE_FILE,
-    METADATA_FILE,
-    parse_iteration,
-    replaced_run_name,
-)
-from raytrainer.errors import ConfigError
+from raytrainer.checkpoint.layout import COMPLETE_FILE, parse_iteration, replaced_run_name
+from raytrainer.errors import CheckPointNotFoundError, ConfigError
+from raytrainer.inspection import MARK_BEST, MARK_LATEST, list_run
 from raytrainer.params import HyperParameters
 from raytrainer.settings import ExperimentSettings
 
@@ -133,20 +130,18 @@ def mark_complete(
     ``started`` is the driver's ``time.perf_counter()`` at the start.
     """
     result.elapsed = time.perf_counter() - started
-    names = sorted(
-        (n for n in storage.list_dirs(result.storage_uri) if parse_iteration(n) is not None),
-        key=parse_iteration,
-    )
-    result.newest_checkpoint = names[-1] if names else None
-    metric, order = settings.checkpoint_score_metric, settings.checkpoint_score_order
-    if metric is not None and names:
-        scores = {}
-        for name in names:
-            metadata = storage.read_json(storage.join(result.storage_uri, name, METADATA_FILE))
-            value = ((metadata or {}).get("metrics") or {}).get(metric)
-            if isinstance(value, int | float):
-                scores[name] = value if order == "max" else -value
-        result.best_checkpoint = max(scores, key=scores.__getitem__) if scores else None
+    with contextlib.suppress(CheckPointNotFoundError):  # a run may save no checkpoint at all
+        listing = list_run(
+            result.storage_uri,
+            score_metric=settings.checkpoint_score_metric,
+            score_order=settings.checkpoint_score_order,
+            verify=False,  # just written and verified on write; reading metadata is enough
+        )
+        for entry in listing.checkpoints:
+            if MARK_LATEST in entry.marks:
+                result.newest_checkpoint = entry.name
+            if MARK_BEST in entry.marks:
+                result.best_checkpoint = entry.name
     storage.write_json(
         storage.join(result.storage_uri, COMPLETE_FILE),
         {

@@ -91,3 +91,12 @@ class NeverSavesTrainer(RegressionTrainer):
 
     def save_checkpoint(self, log: bool = True) -> None:
         pass
+
+
+class PeakScoreTrainer(RegressionTrainer):
+    """Records ``score = -(iteration - 20)²`` too: a metric that is the same on every runner
+    and peaks mid-run, so the best checkpoint is neither the first nor the newest."""
+
+    def training_step(self) -> None:
+        super().training_step()
+        self.record_metrics(score=-float((self.iteration - 20) ** 2))
