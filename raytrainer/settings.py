@@ -172,9 +172,9 @@ class ExperimentSettings:
         per_process=True,
     )
     log_period: int = setting(
-        10,
+        50,
         "Iterations between logs of the recorded metrics to W&B and the progress bar "
-        "(loops decorated with attach_progress_bar log as they step).",
+        "(loops decorated with attach_progress_bar log as they step; Lightning's default).",
     )
     test_run: int = setting(
         0,

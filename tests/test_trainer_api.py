@@ -87,12 +87,13 @@ def _settings(tmp_path, **kw) -> ExperimentSettings:
 
 
 def test_the_seed_document_names_nothing_we_do_not_cover():
-    if SEED_DOC.is_file():  # shared/ lies beside the repository in CI and dev checkouts
-        text = SEED_DOC.read_text()
-        named = set(re.findall(r"^(?:abstract |classmethod )?(\w+)\(.*\[source\]#", text, re.M))
-        # _initialise_state's signature line is missing from the document; its text is there.
-        assert "Initialise the state of the experiment." in text
-        assert named | {"_initialise_state"} == set(SEED_METHODS)
+    if not SEED_DOC.is_file():  # shared/ lies beside the repository in CI and dev checkouts
+        pytest.skip(f"the seed's API document is not beside this checkout ({SEED_DOC})")
+    text = SEED_DOC.read_text()
+    named = set(re.findall(r"^(?:abstract |classmethod )?(\w+)\(.*\[source\]#", text, re.M))
+    # _initialise_state's signature line is missing from the document; its text is there.
+    assert "Initialise the state of the experiment." in text
+    assert named | {"_initialise_state"} == set(SEED_METHODS)
 
 
 def test_signatures_match_the_seed():
@@ -196,8 +197,8 @@ def test_initialise_state_only_without_checkpoint(tmp_path, tiny_config):
     assert calls == [0]
     first.iteration = 5
     first.save_checkpoint()
-    Counting(hp, first.scenario_instance, settings())
-    assert calls == [0]  # restored, not initialised
+    restored = Counting(hp, first.scenario_instance, settings())
+    assert calls == [0] and restored.iteration == 5  # restored, not initialised
     fresh = Counting(hp, first.scenario_instance, settings(do_not_load_checkpoint=True))
     assert calls == [0, 0] and fresh.iteration == 0
 
