@@ -25,7 +25,6 @@ own ``HyperParameters`` class.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import json
 import re
@@ -38,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from raytrainer.build import load_hyper_params
 from raytrainer.errors import ConfigError
 from raytrainer.params import DEFAULT_AGENT, HyperParameters, apply_overrides, read_config_file
-from raytrainer.params.io import format_validation_error
+from raytrainer.params.io import did_you_mean, format_validation_error
 from raytrainer.params.tree import ParamsModel
 from raytrainer.protocols import PROTOCOLS
 from raytrainer.settings import ExperimentSettings, Scaling
@@ -216,8 +215,7 @@ def _settings(
     names = {f.name for f in dataclasses.fields(ExperimentSettings) if f.metadata["cli"]}
     unknown = sorted(set(config.settings) - names)
     if unknown:
-        near = difflib.get_close_matches(unknown[0], names, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
+        hint = did_you_mean(unknown[0], names)
         raise ConfigError(
             f"invalid sweep {source}:\n  settings.{unknown[0]}: unknown setting{hint}"
         )
@@ -268,8 +266,7 @@ def _check_space(sweep: Sweep, source: str) -> None:
     for where, dist in spaces.items():
         path = where.split(".", 1)[1] if where.startswith("search.") else where.split(".", 2)[2]
         if path not in valid:
-            near = difflib.get_close_matches(path, sorted(valid), n=1, cutoff=0.5)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
+            hint = did_you_mean(path, valid, cutoff=0.5)
             raise ConfigError(f"invalid sweep {source}:\n  {where}: not a hyper-parameter{hint}")
         candidates.setdefault(path, []).extend(_distribution_values(dist, f"{source}: {where}"))
     # Every value the search can produce, on top of the base. Grids jointly when small.

@@ -220,3 +220,21 @@ def test_bad_settings_fail_in_one_line_before_anything_starts(
     assert code == 2
     assert out == [] and len(err.strip().splitlines()) == 1 and message in err, err
     assert not storage.exists()
+
+
+def test_an_unreachable_cluster_or_storage_is_one_line_within_seconds(
+    tmp_path, config_file, capsys, monkeypatch
+):
+    from conftest import free_port
+
+    nothing = f"127.0.0.1:{free_port()}"  # nobody listens there
+    code, out, err = _cli(capsys, "run", config_file, "--address", nothing)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"no Ray cluster answers at {nothing}" in err and "ray start --head" in err
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{nothing}")
+    for var, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y")):
+        monkeypatch.setenv(var, value)
+    code, out, err = _cli(capsys, "run", config_file, "--storage-path", "s3://bucket/runs")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "cannot use the run's storage s3://bucket/runs/" in err and "AWS_ENDPOINT_URL" in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -71,6 +72,7 @@ def run(
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints shown once
     started = not ray.is_initialized()
     if started:
+        _check_reachable(address or os.environ.get("RAY_ADDRESS"))
         ray.init(address=address, logging_level="WARNING", log_to_driver=True)
     settings = with_wandb_folders(settings, on_this_machine=started and address is None)
     try:
@@ -80,6 +82,29 @@ def run(
             ray.shutdown()
     mark_complete(result, hyper_params, settings, began)
     return result
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the address, when no Ray cluster listens at ``host:port``.
+
+    Ray itself retries an unreachable GCS for minutes. ``auto``, ``local`` and ``ray://``
+    addresses are left to Ray.
+
+    Raises
+    ------
+    ConfigError
+        If nothing accepts a connection at the address.
+    """
+    if not address or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"no Ray cluster answers at {address} ({exc}); start one with `ray start --head`, "
+            "or leave out --address (and RAY_ADDRESS) to start a local one for the run."
+        ) from None
 
 
 _WANDB_FOLDERS = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")

@@ -71,8 +71,22 @@ def prepare_run_folder(
     Raises
     ------
     ConfigError
-        For ``do_not_load_checkpoint`` on a run with checkpoints.
+        For ``do_not_load_checkpoint`` on a run with checkpoints, or storage that cannot be
+        read (an unreachable endpoint, missing credentials).
     """
+    try:
+        return _prepare(run_uri, hyper_params, settings)
+    except OSError as exc:  # an unreachable endpoint, missing credentials: before anything runs
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"cannot use the run's storage {run_uri}: {reason}. Check the endpoint and the "
+            "credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... for S3)."
+        ) from None
+
+
+def _prepare(
+    run_uri: str, hyper_params: HyperParameters, settings: ExperimentSettings
+) -> RunResult | None:
     logger = settings.get_logger()
     has_folder = bool(storage.list_dirs(run_uri)) or storage.read_json(
         storage.join(run_uri, COMPLETE_FILE)
