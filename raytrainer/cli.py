@@ -16,13 +16,13 @@ import logging
 import os
 import sys
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from raytrainer._version import __version__
 from raytrainer.errors import ConfigError, RayTrainerError, RunFailedError
-from raytrainer.settings import ExperimentSettings, Scaling
+from raytrainer.settings import ExperimentSettings, Scaling, sweep_settings
 
 
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
@@ -52,15 +52,21 @@ def _key_value(text: str) -> tuple[str, str]:
 _METAVARS = {int: "N", float: "X", str: "TEXT"}
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    title: str,
+    only: Collection[str] | None = None,
+) -> None:
     """Add a flag for every command-line field of the dataclass ``cls`` to ``parser``.
 
     ``--field-name`` (plus the field's extra spellings), with the type, choices and help the
     field declares. Flags default to "not given": the dataclass's own default then applies.
+    ``only`` limits the flags to those fields.
     """
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
-        if not f.metadata.get("cli", False):
+        if not f.metadata.get("cli", False) or (only is not None and f.name not in only):
             continue
         kind = _field_type(cls, f)
         origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -144,7 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run (or continue) a Ray Tune sweep from a sweep file")
     sweep.add_argument("sweep_file", type=Path, help="the sweep: base config, space, scheduler")
     _add_set_and_address(sweep)
-    add_dataclass_flags(sweep, ExperimentSettings, "settings shared by every trial")
+    add_dataclass_flags(
+        sweep, ExperimentSettings, "settings shared by every trial", only=sweep_settings()
+    )
 
     ckpt = sub.add_parser("checkpoints", help="list and describe checkpoints")
     ckpt_sub = ckpt.add_subparsers(dest="action", required=True)

@@ -31,6 +31,7 @@ def setting(
     cli: bool = True,
     per_process: bool = False,
     runner: Literal["local", "ray"] | None = None,
+    sweep: bool = True,
 ) -> Any:
     """Declare a settings field with its documentation.
 
@@ -51,6 +52,8 @@ def setting(
         Set by each process for itself (device, ranks, backend); never sent to Ray workers.
     runner : {"local", "ray"} or None
         The only runner the setting applies to; the CLI refuses its flag with the other one.
+    sweep : bool
+        Whether a sweep (its file's ``settings`` or ``raytrainer sweep``) may set it.
     """
     metadata = {
         "doc": doc,
@@ -59,6 +62,7 @@ def setting(
         "cli": cli,
         "per_process": per_process,
         "runner": runner,
+        "sweep": sweep and runner != "local",
     }
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
@@ -186,10 +190,12 @@ class ExperimentSettings:
         False,
         "Start from scratch; a run that already has checkpoints refuses (see --restart).",
         flags=("--no-load",),
+        sweep=False,  # a trial restored by Tune (PBT, a restart) must load its checkpoint
     )
     restart: bool = setting(
         False,
         "Start the run over: its folder is moved aside to <run id>-replaced-<time> first.",
+        sweep=False,
     )
     verbose: bool = setting(False, "Show Ray's own log lines for every report and checkpoint.")
     max_failures: int = setting(
@@ -316,6 +322,15 @@ class ExperimentSettings:
 
 
 ExperimentSettings.__doc__ = _document(ExperimentSettings, ExperimentSettings.__doc__ or "")
+
+
+def sweep_settings() -> set[str]:
+    """The settings a sweep may set: in its file's ``settings`` or as ``raytrainer sweep`` flags.
+
+    Not the device (a trial gets its own from Ray) nor ``restart``/``do_not_load_checkpoint``
+    (a trial Tune restores must load the checkpoint it is handed).
+    """
+    return {f.name for f in fields(ExperimentSettings) if f.metadata["cli"] and f.metadata["sweep"]}
 
 
 @dataclass(frozen=True)

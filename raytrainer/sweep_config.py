@@ -40,7 +40,7 @@ from raytrainer.params import DEFAULT_AGENT, HyperParameters, apply_overrides, r
 from raytrainer.params.io import did_you_mean, format_validation_error
 from raytrainer.params.tree import ParamsModel
 from raytrainer.protocols import PROTOCOLS
-from raytrainer.settings import ExperimentSettings, Scaling
+from raytrainer.settings import ExperimentSettings, Scaling, sweep_settings
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 _MAX_GRID_CHECKED = 4096  # grids larger than this are checked value by value, not jointly
@@ -212,13 +212,15 @@ def load_sweep(
 def _settings(
     config: SweepConfig, settings: ExperimentSettings, fixed: set[str], source: str
 ) -> ExperimentSettings:
-    names = {f.name for f in dataclasses.fields(ExperimentSettings) if f.metadata["cli"]}
+    names = sweep_settings()
     unknown = sorted(set(config.settings) - names)
     if unknown:
-        hint = did_you_mean(unknown[0], names)
-        raise ConfigError(
-            f"invalid sweep {source}:\n  settings.{unknown[0]}: unknown setting{hint}"
-        )
+        if unknown[0] in {f.name for f in dataclasses.fields(ExperimentSettings)}:
+            reason = "not a sweep's to set (a trial gets its device from Ray; Tune decides what "
+            reason += "each trial loads)"
+        else:
+            reason = f"unknown setting{did_you_mean(unknown[0], names)}"
+        raise ConfigError(f"invalid sweep {source}:\n  settings.{unknown[0]}: {reason}")
     if "run_id" in config.settings:
         raise ConfigError(
             f"invalid sweep {source}:\n  settings.run_id: each trial's run id is "

@@ -64,6 +64,7 @@ def _checkpoints(sweep_dir: Path) -> list[Path]:
         ({"scheduler": {"type": "asha", "max_t": 500}}, "scheduler.max_t: 500 is more than"),
         ({"scheduler": {"type": "hyperband"}}, "scheduler"),
         ({"settings": {"checkpoint_perod": 5}}, "did you mean 'checkpoint_period'?"),
+        ({"settings": {"do_not_load_checkpoint": True}}, "not a sweep's to set"),
         ({"metrc": "loss"}, "metrc: unknown field"),
     ],
 )
