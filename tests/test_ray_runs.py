@@ -81,7 +81,8 @@ def two_workers(ray_cluster, tmp_path_factory):
     hp = load_hyper_params(_config(tiny.__wrapped__()))
     storage = tmp_path_factory.mktemp("two_workers")
     recorder = Recorder()
-    result = run(hp, _settings(storage, progress_bar_factory=recorder), Scaling(num_workers=2))
+    settings = _settings(storage, progress_bar_factory=recorder, log_period=10)
+    result = run(hp, settings, Scaling(num_workers=2))
     return hp, storage, result, recorder
 
 
@@ -98,7 +99,11 @@ def test_two_workers_keep_the_layout_and_draw_one_bar(two_workers):
     assert final.metadata["world_size"] == 2
     assert sorted(final.state["_rng"]) == [0, 1]  # every rank's generators, kept by rank 0
     assert (run_dir / "complete.json").is_file()
-    assert recorder.bars == [{"total": 40, "initial": 0, "n": 40, "closed": True}]
+    # One bar on the driver, fed by rank 0: its count, and the metrics it logged live.
+    postfix = {"loss": f"{result.metrics['loss']:.4g}"}
+    assert recorder.bars == [
+        {"total": 40, "initial": 0, "n": 40, "closed": True, "postfix": postfix}
+    ]
 
     again = run(hp, _settings(storage), Scaling(num_workers=2))
     assert again.already_complete and again.iteration == 40

@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,8 @@ from raytrainer import ExperimentSettings, load_hyper_params, run_local
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
 from raytrainer.cli import main
 from raytrainer.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
@@ -222,19 +227,27 @@ def test_bad_settings_fail_in_one_line_before_anything_starts(
     assert not storage.exists()
 
 
-def test_an_unreachable_cluster_or_storage_is_one_line_within_seconds(
-    tmp_path, config_file, capsys, monkeypatch
-):
+def test_an_unreachable_cluster_or_storage_is_one_line_within_seconds(tmp_path, config_file):
     from conftest import free_port
 
+    def cli(*args: str, **env: str) -> tuple[int, str]:
+        # A fresh process: this one may already be connected to the tests' Ray instance.
+        environ = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (REPO, REPO / "tests")))}
+        environ.pop("RAY_ADDRESS", None)
+        command = [sys.executable, "-m", "raytrainer.cli", "run", str(config_file), *args]
+        done = subprocess.run(
+            command, env={**environ, **env}, capture_output=True, text=True, timeout=120
+        )
+        return done.returncode, done.stderr
+
     nothing = f"127.0.0.1:{free_port()}"  # nobody listens there
-    code, out, err = _cli(capsys, "run", config_file, "--address", nothing)
+    code, err = cli("--address", nothing)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"no Ray cluster answers at {nothing}" in err and "ray start --head" in err
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{nothing}")
-    for var, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y")):
-        monkeypatch.setenv(var, value)
-    code, out, err = _cli(capsys, "run", config_file, "--storage-path", "s3://bucket/runs")
+    keys = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    code, err = cli(
+        "--storage-path", "s3://bucket/runs", AWS_ENDPOINT_URL=f"http://{nothing}", **keys
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "cannot use the run's storage s3://bucket/runs/" in err and "AWS_ENDPOINT_URL" in err

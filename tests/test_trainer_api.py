@@ -71,6 +71,9 @@ class Recorder:
             def update(self, n=1):
                 bar["n"] += n
 
+            def set_postfix(self, values, refresh=True):
+                bar["postfix"] = dict(values)
+
             def close(self):
                 bar["closed"] = True
 
