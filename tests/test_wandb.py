@@ -420,6 +420,14 @@ def test_base_run_from_wandb_through_the_seam(tiny_config, tmp_path, version, al
         )
 
 
+def _add_two_transcripts(trainer, folder: Path) -> None:
+    """Add ``first.txt``, then ``second.txt``, to the artifact ``transcripts``."""
+    for text in ("first", "second"):
+        path = folder / f"{text}.txt"
+        path.write_text(text)
+        trainer._add_file_to_wandb_artifact("transcripts", "dataset", path)
+
+
 def test_files_added_to_artifacts_are_mirrored(tiny_config, tmp_path, monkeypatch):
     for key, value in _wandb_env(tmp_path / "wandb").items():
         monkeypatch.setenv(key, value)
@@ -430,10 +438,7 @@ def test_files_added_to_artifacts_are_mirrored(tiny_config, tmp_path, monkeypatc
             storage_path=str(tmp_path / "runs"), progress_bar_factory=None, wandb_mode="offline"
         ),
     )
-    for text in ("first", "second"):
-        path = tmp_path / f"{text}.txt"
-        path.write_text(text)
-        trainer._add_file_to_wandb_artifact("transcripts", "dataset", path)
+    _add_two_transcripts(trainer, tmp_path)
     assert trainer.close() == []
     records = [a for a in artifact_records(tmp_path / "wandb") if a.name == "transcripts"]
     assert [sorted(e.path for e in a.manifest.contents) for a in records] == [
@@ -456,10 +461,7 @@ def test_files_added_online_extend_wandbs_latest_version(tiny_config, tmp_path):
             storage_path=str(tmp_path / "runs"), progress_bar_factory=None, wandb_mode="online"
         ),
     )
-    for text in ("first", "second"):
-        path = tmp_path / f"{text}.txt"
-        path.write_text(text)
-        trainer._add_file_to_wandb_artifact("transcripts", "dataset", path)
+    _add_two_transcripts(trainer, tmp_path)
     assert trainer.close() == []
     latest = "team/proj/transcripts:latest"
     assert OnlineClient.calls == [

@@ -67,7 +67,7 @@ def dry_run(
     )
     runner(hyper_params.model_copy(update={"num_iterations": half}), throwaway)
     result = runner(hyper_params.model_copy(update={"num_iterations": total}), throwaway)
-    location = run_uri(dataclasses.replace(throwaway, storage_path=root))
+    location = run_uri(throwaway)
     metadata = storage.read_json(
         storage.join(location, checkpoint_dir_name(result.iteration), METADATA_FILE)
     )

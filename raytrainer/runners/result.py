@@ -88,10 +88,9 @@ def _prepare(
     run_uri: str, hyper_params: HyperParameters, settings: ExperimentSettings
 ) -> RunResult | None:
     logger = settings.get_logger()
-    has_folder = bool(storage.list_dirs(run_uri)) or storage.read_json(
-        storage.join(run_uri, COMPLETE_FILE)
-    )
-    if settings.restart and has_folder:
+    names = storage.list_dirs(run_uri)
+    summary = storage.read_json(storage.join(run_uri, COMPLETE_FILE))
+    if settings.restart and (names or summary is not None):
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         aside = storage.join(
             str(settings.storage_path), replaced_run_name(str(settings.run_id), stamp)
@@ -99,14 +98,13 @@ def _prepare(
         storage.move_dir(run_uri, aside)
         logger.info("restart: moved the old run %s aside to %s", settings.run_id, aside)
         return None
-    checkpoints = [n for n in storage.list_dirs(run_uri) if parse_iteration(n) is not None]
+    checkpoints = [n for n in names if parse_iteration(n) is not None]
     if settings.do_not_load_checkpoint and checkpoints:
         raise ConfigError(
             f"run {settings.run_id!r} already has checkpoints ({checkpoints[-1]} in {run_uri}); "
             "--no-load will not start over on top of them. Pass --restart to move the old run "
             "aside, or --run-id to start a new one."
         )
-    summary = storage.read_json(storage.join(run_uri, COMPLETE_FILE))
     if summary is None:
         return None
     saved = summary.get("hyper_params")
