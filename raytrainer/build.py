@@ -27,6 +27,12 @@ from raytrainer.scenario import SCENARIOS, build_scenario_instance
 from raytrainer.settings import ExperimentSettings
 from raytrainer.trainer import TRAINERS, Trainer
 
+# Keys of schema 1 that configs may still carry (saved runs are converted, see params/tree.py).
+_RENAMED = {
+    "protocol": "interaction_protocol",
+    "protocol_params": "the protocol's own section (nip_protocol, debate_protocol, mnip_protocol)",
+}
+
 
 def load_hyper_params(
     config: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()
@@ -63,14 +69,21 @@ def load_hyper_params(
     params_cls = trainer_cls.hyper_params_cls
     if saved_version is not None:
         data = params_cls.from_saved({"schema_version": saved_version, "params": data}).to_dict()
+    for old, new in _RENAMED.items():
+        if old in data and old not in params_cls.model_fields:
+            raise ConfigError(
+                f"invalid hyper-parameters in {source}:\n  {old}: renamed to {new} "
+                "(the original project's name); rename the key."
+            )
     hyper_params = validate_hyper_params(data, params_cls, source, overrides)
     SCENARIOS.get(hyper_params.scenario)
-    agents = PROTOCOLS.get(hyper_params.protocol).agent_names
+    agents = PROTOCOLS.get(hyper_params.interaction_protocol).agent_names
     unknown = sorted(set(hyper_params.agents) - set(agents) - {DEFAULT_AGENT})
     if unknown:
         raise ConfigError(
             f"invalid hyper-parameters in {source}:\n  agents.{unknown[0]}: protocol "
-            f"{hyper_params.protocol!r} has agents {list(agents)} (and '{DEFAULT_AGENT}')"
+            f"{hyper_params.interaction_protocol!r} has agents {list(agents)} "
+            f"(and '{DEFAULT_AGENT}')"
         )
     return hyper_params
 

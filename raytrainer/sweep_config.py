@@ -323,7 +323,7 @@ def _distribution_values(dist: Mapping[str, Any], where: str) -> list[Any]:
 
 def valid_paths(params_cls: type[HyperParameters], base: HyperParameters) -> set[str]:
     """Every dotted path a sweep may set: leaves of the tree, per-agent sections included."""
-    agents = [DEFAULT_AGENT, *PROTOCOLS.get(base.protocol).agent_names]
+    agents = [DEFAULT_AGENT, *PROTOCOLS.get(base.interaction_protocol).agent_names]
     return set(_leaves(params_cls, "", agents))
 
 

@@ -186,7 +186,9 @@ def test_config_show_prints_the_tree_with_descriptions_and_run_id(capsys, tmp_pa
     assert any(line.startswith("hidden_dim: 64") and "Width of the MLP" in line for line in lines)
     assert any(line.startswith("seed: 5 ") and "(default)" not in line for line in lines)
     assert any(
-        line.startswith("  max_message_rounds: 8") and "Upper bound" in line and "(default)" in line
+        line.startswith("  max_message_rounds: 8")
+        and "Rounds in one" in line
+        and "(default)" in line
         for line in lines
     )
     assert any(

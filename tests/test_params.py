@@ -27,14 +27,14 @@ def test_overrides_parse_values_and_reach_nested_fields():
         [
             "num_iterations=7",
             "agents.agent.learning_rate=5e-4",
-            "protocol_params.max_message_rounds=2",
+            "nip_protocol.max_message_rounds=2",
         ],
     )
     assert hp.num_iterations == 7
     assert hp.agent_params("agent").learning_rate == pytest.approx(5e-4)
     # the per-agent section fills its gaps from _default
     assert hp.agent_params("agent").weight_decay == hp.agents["_default"].weight_decay
-    assert hp.protocol_params.max_message_rounds == 2
+    assert hp.nip_protocol.max_message_rounds == 2
 
 
 def test_overrides_do_not_touch_the_input():
@@ -52,7 +52,8 @@ def test_overrides_do_not_touch_the_input():
         ("batch_size=0", "batch_size: Input should be greater than 0"),
         ("dropout=1.5", "dropout: Input should be less than 1"),
         ("agents.prover.learning_rate=0.1", "agents.prover: protocol 'solo' has agents ['agent']"),
-        ("protocol=telepathy", "unknown protocol 'telepathy'"),
+        ("interaction_protocol=telepathy", "unknown protocol 'telepathy'"),
+        ("protocol=nip", "protocol: renamed to interaction_protocol"),
         ("scenario=nowhere", "unknown scenario 'nowhere'"),
         ("trainer=no_such_module:X", "cannot import module 'no_such_module'"),
     ],
@@ -86,12 +87,27 @@ def test_missing_and_unparsable_files(tmp_path):
 def test_saved_form_round_trips_with_versions(tmp_path):
     hp = load_hyper_params(EXAMPLE, ["seed=5"])
     saved = hp.to_saved()
-    assert saved["schema_version"] == 1 and saved["package"] == "raytrainer"
+    assert saved["schema_version"] == 2 and saved["package"] == "raytrainer"
     path = tmp_path / "hyper_params.json"
     path.write_text(json.dumps(saved))
     again = load_hyper_params(path)
     assert again == hp
     assert again.default_run_id() == hp.default_run_id()
+    # Schema 1 named the protocol `protocol` and kept its rounds in `protocol_params`.
+    old = json.loads(json.dumps(saved))
+    old["schema_version"] = 1
+    params = old["params"]
+    for key in ("protocol_common", "nip_protocol", "debate_protocol", "mnip_protocol"):
+        del params[key]
+    params["protocol"] = params.pop("interaction_protocol")
+    params["protocol_params"] = {"max_message_rounds": 8}
+    path.write_text(json.dumps(old))
+    assert load_hyper_params(path) == hp
+    params.update(protocol="debate", protocol_params={"max_message_rounds": 4})
+    path.write_text(json.dumps(old))
+    converted = load_hyper_params(path)
+    assert converted.interaction_protocol == "debate"
+    assert converted.debate_protocol.max_message_rounds == 4
 
 
 def test_run_id_is_stable_and_follows_the_values():
@@ -147,8 +163,8 @@ def test_version_conversion_and_typed_agent_sections():
             "did you mean 'num_iterations'?",
         ),
         (
-            "protocol_params.max_rounds=2",
-            "protocol_params.max_rounds: unknown field (from --set protocol_params.max_rounds=2)"
+            "nip_protocol.max_rounds=2",
+            "nip_protocol.max_rounds: unknown field (from --set nip_protocol.max_rounds=2)"
             "; did you mean 'max_message_rounds'?",
         ),
         (

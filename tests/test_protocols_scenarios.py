@@ -10,37 +10,13 @@ from raytrainer.scenario import build_scenario_instance
 
 
 def _hp(tiny_config, protocol, **extra):
-    return load_hyper_params({**tiny_config, "protocol": protocol, **extra})
-
-
-def test_nip_alternates_verifier_then_prover(tiny_config):
-    handler = build_protocol_handler(
-        _hp(tiny_config, "nip", protocol_params={"max_message_rounds": 4})
-    )
-    assert handler.agent_names == ("prover", "verifier")
-    assert handler.max_message_rounds == 4
-    assert [handler.active_agents(r) for r in range(4)] == [
-        ("verifier",),
-        ("prover",),
-        ("verifier",),
-        ("prover",),
-    ]
-    with pytest.raises(ValueError, match="round 4 is outside 0..3"):
-        handler.active_agents(4)
-
-
-def test_debate_provers_speak_together(tiny_config):
-    handler = build_protocol_handler(_hp(tiny_config, "debate"))
-    assert handler.agent_names == ("prover0", "prover1", "verifier")
-    assert handler.max_message_rounds == 8
-    assert handler.active_agents(1) == ("prover0", "prover1")
-    assert handler.active_agents(2) == ("verifier",)
+    return load_hyper_params({**tiny_config, "interaction_protocol": protocol, **extra})
 
 
 def test_solo_has_one_agent_and_no_messages(tiny_config):
     handler = build_protocol_handler(_hp(tiny_config, "solo"))
     assert handler.agent_names == ("agent",) and handler.max_message_rounds == 0
-    assert handler.active_agents(0) == ("agent",)
+    assert handler.active_agents(0) == ("agent",) and handler.verifier_name is None
     assert set(PROTOCOLS.names()) >= {"solo", "nip", "debate"}
 
 

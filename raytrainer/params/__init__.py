@@ -13,9 +13,12 @@ from raytrainer.params.tree import (
     DEFAULT_AGENT,
     AgentHyperParameters,
     BaseRunParameters,
+    DebateProtocolParameters,
     HyperParameters,
+    MnipProtocolParameters,
+    NipProtocolParameters,
     ParamsModel,
-    ProtocolParameters,
+    ProtocolCommonParameters,
 )
 from raytrainer.params.versions import register_conversion
 
@@ -24,8 +27,11 @@ __all__ = [
     "AgentHyperParameters",
     "BaseRunParameters",
     "HyperParameters",
+    "DebateProtocolParameters",
+    "MnipProtocolParameters",
+    "NipProtocolParameters",
     "ParamsModel",
-    "ProtocolParameters",
+    "ProtocolCommonParameters",
     "apply_overrides",
     "check_json_values",
     "describe_hyper_params",

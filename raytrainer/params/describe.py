@@ -77,8 +77,8 @@ def describe_hyper_params(hyper_params: HyperParameters) -> list[str]:
     """Return the validated tree as YAML lines ``name: value  # description``.
 
     Every field appears, defaults included (marked ``(default)``), in declaration order;
-    sections (``protocol_params``, ``agents`` and each agent, ``base_run`` when set, a trainer's
-    own sections) are nested blocks. The lines read back as the same config.
+    sections (the protocol sections, ``agents`` and each agent, ``base_run`` when set, a
+    trainer's own sections) are nested blocks. The lines read back as the same config.
 
     Parameters
     ----------

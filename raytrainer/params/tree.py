@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from raytrainer._version import __version__
-from raytrainer.params.versions import convert
+from raytrainer.params.versions import convert, register_conversion
 
 DEFAULT_AGENT = "_default"
 
@@ -41,12 +41,66 @@ class AgentHyperParameters(ParamsModel):
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
 
 
-class ProtocolParameters(ParamsModel):
-    """Parameters of the interaction protocol between agents."""
+class ProtocolCommonParameters(ParamsModel):
+    """What every interaction protocol shares: who opens, and the rewards of a decision."""
 
-    max_message_rounds: NonNegativeInt = Field(
-        8, description="Upper bound on message rounds in one interaction."
+    verifier_first: bool = Field(True, description="The verifier speaks in the first round.")
+    randomize_prover_stance: bool = Field(
+        False,
+        description="Debate/merlin_arthur: per episode, swap which prover argues for accept.",
     )
+    shared_reward: bool = Field(
+        False, description="Provers get the verifier's reward instead of their own."
+    )
+    verifier_reward: float = Field(1.0, description="Verifier's reward for a correct decision.")
+    verifier_incorrect_penalty: float = Field(
+        -1.0, description="Verifier's reward for an incorrect decision."
+    )
+    verifier_terminated_penalty: float = Field(
+        -1.0, description="Verifier's reward when the last round passes without a decision."
+    )
+    verifier_no_guess_reward: float = Field(
+        0.0, description="Verifier's reward for each of its rounds it continues without deciding."
+    )
+    prover_reward: float = Field(
+        1.0, description="A prover's reward when the verifier decides the way it argues."
+    )
+
+
+class NipProtocolParameters(ParamsModel):
+    """Message rounds of a prover-verifier protocol (``nip``)."""
+
+    max_message_rounds: PositiveInt = Field(
+        8, description="Rounds in one episode; undecided after the last, the episode ends."
+    )
+    min_message_rounds: NonNegativeInt = Field(
+        1, description="The verifier may decide from this round on (0-based)."
+    )
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> NipProtocolParameters:
+        if self.min_message_rounds >= self.max_message_rounds:
+            raise ValueError(
+                f"min_message_rounds={self.min_message_rounds} must be below "
+                f"max_message_rounds={self.max_message_rounds}"
+            )
+        return self
+
+
+class DebateProtocolParameters(NipProtocolParameters):
+    """Message rounds and turn order of the two-prover protocols (``debate``, ``mnip``)."""
+
+    sequential: bool = Field(
+        False, description="Provers speak in turn, not together, between the verifier's rounds."
+    )
+    prover0_first: bool = Field(True, description="With sequential: prover0 speaks first.")
+    randomize_channel_order: bool = Field(
+        False, description="Per episode, shuffle which channel carries which prover."
+    )
+
+
+class MnipProtocolParameters(DebateProtocolParameters):
+    """``mnip``: as debate, but each prover sees only its own channel."""
 
 
 class BaseRunParameters(ParamsModel):
@@ -81,14 +135,19 @@ class HyperParameters(ParamsModel):
         :func:`raytrainer.params.register_conversion`.
     """
 
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
 
     trainer: str = Field(description="Registered trainer name or import path 'module:Class'.")
     scenario: str = Field(description="Registered scenario name or import path 'module:func'.")
-    protocol: str = Field(
-        "solo", description="Interaction protocol: 'solo', 'nip', 'debate' or a registered name."
+    interaction_protocol: str = Field(
+        "solo",
+        description="Interaction protocol: 'solo', 'nip', 'adp', 'debate', 'mnip', "
+        "'merlin_arthur', 'solo_verifier' or a registered name.",
     )
-    protocol_params: ProtocolParameters = Field(default_factory=ProtocolParameters)
+    protocol_common: ProtocolCommonParameters = Field(default_factory=ProtocolCommonParameters)
+    nip_protocol: NipProtocolParameters = Field(default_factory=NipProtocolParameters)
+    debate_protocol: DebateProtocolParameters = Field(default_factory=DebateProtocolParameters)
+    mnip_protocol: MnipProtocolParameters = Field(default_factory=MnipProtocolParameters)
     seed: NonNegativeInt = Field(0, description="Seed for every random number generator.")
     num_iterations: PositiveInt = Field(description="Number of training iterations.")
     batch_size: PositiveInt = Field(
@@ -177,3 +236,19 @@ def _diff(a: Any, b: Any, prefix: str) -> dict[str, tuple[Any, Any]]:
             out.update(_diff(a.get(key), b.get(key), path))
         return out
     return {} if a == b else {prefix: (a, b)}
+
+
+@register_conversion(HyperParameters, from_version=1)
+def _protocol_sections(params: dict[str, Any]) -> dict[str, Any]:
+    """Convert schema 1 to 2.
+
+    ``protocol`` became ``interaction_protocol`` (the original project's name), and
+    ``protocol_params.max_message_rounds`` moved into the protocol's own section.
+    """
+    protocol = params.pop("protocol", "solo")
+    rounds = (params.pop("protocol_params", None) or {}).get("max_message_rounds")
+    params["interaction_protocol"] = protocol
+    section = {"nip": "nip_protocol", "debate": "debate_protocol"}.get(protocol)
+    if section is not None and rounds:
+        params[section] = {**params.get(section, {}), "max_message_rounds": rounds}
+    return params
