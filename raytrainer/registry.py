@@ -23,11 +23,20 @@ class Registry(Generic[T]):
     ----------
     kind : str
         What the registry holds ("trainer", "scenario", ...), used in error messages.
+    builtins : str, optional
+        The package whose import registers raytrainer's own entries (``raytrainer.trainers``).
+        It is imported on the first lookup or listing, so ``import raytrainer`` stays light.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: str | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._builtins = builtins
+
+    def _load_builtins(self) -> None:
+        if self._builtins is not None:
+            module, self._builtins = self._builtins, None
+            importlib.import_module(module)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Return a decorator that registers its argument under ``name``."""
@@ -52,6 +61,8 @@ class Registry(Generic[T]):
         RegistryError
             If the name is neither registered nor importable.
         """
+        if name not in self._entries:
+            self._load_builtins()
         if name in self._entries:
             return self._entries[name]
         if ":" in name:
@@ -80,9 +91,11 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Return the registered names, sorted."""
+        self._load_builtins()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

@@ -23,7 +23,9 @@ from raytrainer.settings import ExperimentSettings
 
 ScenarioBuilder = Callable[[HyperParameters, ExperimentSettings], "ScenarioInstance"]
 
-SCENARIOS: Registry[ScenarioBuilder] = Registry("scenario")
+SCENARIOS: Registry[ScenarioBuilder] = Registry(
+    "scenario", builtins="raytrainer.scenarios.graph_isomorphism"
+)
 register_scenario = SCENARIOS.register
 
 

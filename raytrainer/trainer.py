@@ -35,7 +35,7 @@ from raytrainer.rng import seed_everything
 from raytrainer.scenario import ScenarioInstance
 from raytrainer.settings import ExperimentSettings
 
-TRAINERS: Registry[type[Trainer]] = Registry("trainer")
+TRAINERS: Registry[type[Trainer]] = Registry("trainer", builtins="raytrainer.trainers")
 register_trainer = TRAINERS.register
 
 

@@ -222,6 +222,13 @@ def file_digest(path: Path, algorithm: str = DIGEST_ALGORITHM) -> str:
     return f"{algorithm}:{digest.hexdigest()}"
 
 
+def bytes_digest(data: bytes, algorithm: str = DIGEST_ALGORITHM) -> str:
+    """Return the digest of bytes in memory, in :func:`file_digest`'s ``"<algorithm>:<hex>"``."""
+    digest = _new_hash(algorithm)
+    digest.update(data)
+    return f"{algorithm}:{digest.hexdigest()}"
+
+
 def recorded_digest(entry: Mapping[str, Any]) -> str:
     """Return the ``"<algorithm>:<hex>"`` digest of one entry of a checkpoint's ``files``.
 

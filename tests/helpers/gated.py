@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from examples.regression import RegressionTrainer
+from raytrainer.trainers import SoloAgentTrainer
 
 GATE_ENV = "RAYTRAINER_TEST_GATE"
 SKIP_ENV = "RAYTRAINER_TEST_GATE_SKIP"
@@ -48,16 +49,8 @@ def wait_for_gate(folder: Path) -> tuple[int, int]:
     return int(iteration), int(pid)
 
 
-class GatedRegressionTrainer(RegressionTrainer):
-    """:class:`RegressionTrainer` that can block after one checkpoint (see module docstring)."""
-
-    def training_step(self) -> None:
-        starts = os.environ.get(STARTS_ENV)
-        if starts and self.settings.is_rank_zero and not getattr(self, "_start_noted", False):
-            self._start_noted = True  # the first step of this process: where the attempt began
-            with open(starts, "a") as out:  # one short line: appends do not interleave
-                out.write(f"{self.run_id} {self.iteration}\n")
-        super().training_step()
+class GateMixin:
+    """Blocks rank 0 after the checkpoint the gate names (see module docstring)."""
 
     def save_checkpoint(self, log: bool = True) -> None:
         super().save_checkpoint(log)
@@ -77,6 +70,22 @@ class GatedRegressionTrainer(RegressionTrainer):
                 fifo.write(f"GATE {self.iteration} {os.getpid()}\n")
             with open(Path(folder) / "hold"):  # blocks until killed
                 pass
+
+
+class GatedSoloAgentTrainer(GateMixin, SoloAgentTrainer):
+    """The graph-isomorphism ``solo_agent`` trainer with the gate."""
+
+
+class GatedRegressionTrainer(GateMixin, RegressionTrainer):
+    """:class:`RegressionTrainer` that can block after one checkpoint (see module docstring)."""
+
+    def training_step(self) -> None:
+        starts = os.environ.get(STARTS_ENV)
+        if starts and self.settings.is_rank_zero and not getattr(self, "_start_noted", False):
+            self._start_noted = True  # the first step of this process: where the attempt began
+            with open(starts, "a") as out:  # one short line: appends do not interleave
+                out.write(f"{self.run_id} {self.iteration}\n")
+        super().training_step()
 
 
 class BrokenTrainer(RegressionTrainer):

@@ -1,0 +1,186 @@
+"""The graph-isomorphism agents: GIN layers per graph, then a transformer over both graphs.
+
+For a pair of graphs with message history, an agent computes::
+
+    node features  [B, 2, N, R*C] --linear--> [B, 2, N, d_gnn]
+    num_gnn_layers dense GIN layers: h <- MLP((1 + eps) h + A h)          (per graph)
+    sum pooling    -> 2 graph tokens; 2N node tokens                      (d_transformer)
+    transformer encoder over the 2 + 2N tokens (padding masked)
+    -> representation [B, d_representation] and node representations [B, 2N, d_representation]
+
+and its heads: ``node_selector`` (logits over the 2N nodes: the message), ``decider`` (reject /
+accept / continue; the verifier's), ``value`` and ``solo_head`` (the pair's class, for
+supervised training).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import nn
+
+from raytrainer.params import AgentHyperParameters
+
+
+class GraphIsomorphismAgentParameters(AgentHyperParameters):
+    """Per-agent hyper-parameters of the graph-isomorphism agents (``agents.<name>``)."""
+
+    num_gnn_layers: PositiveInt = Field(5, description="Dense GIN layers.")
+    d_gnn: PositiveInt = Field(16, description="Width of the GIN layers.")
+    d_gin_mlp: PositiveInt = Field(64, description="Hidden width of each GIN layer's MLP.")
+    num_transformer_layers: PositiveInt = Field(4, description="Transformer encoder layers.")
+    num_heads: PositiveInt = Field(4, description="Attention heads; divides d_transformer.")
+    d_transformer: PositiveInt = Field(16, description="Width of the transformer.")
+    d_transformer_mlp: PositiveInt = Field(64, description="Feed-forward width.")
+    d_decider: PositiveInt = Field(
+        16, description="Hidden width of the decider, value, solo heads."
+    )
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
+
+
+class GinLayer(nn.Module):
+    """A dense GIN layer: ``h <- MLP((1 + eps) h + A h)`` (Xu et al., 2019)."""
+
+    def __init__(self, d_model: int, d_hidden: int) -> None:
+        super().__init__()
+        self.eps = nn.Parameter(torch.zeros(()))
+        self.mlp = _mlp(d_model, d_hidden, d_model)
+
+    def forward(self, h: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """``h`` [..., N, d], ``adjacency`` [..., N, N] float → [..., N, d]."""
+        return self.mlp((1 + self.eps) * h + adjacency @ h)
+
+
+class GraphIsomorphismBody(nn.Module):
+    """GIN per graph, then a transformer over graph and node tokens (module docstring)."""
+
+    def __init__(
+        self, params: GraphIsomorphismAgentParameters, history_features: int, d_repr: int
+    ) -> None:
+        super().__init__()
+        if params.d_transformer % params.num_heads:
+            raise ValueError(
+                f"d_transformer={params.d_transformer} must divide by num_heads={params.num_heads}"
+            )
+        self.history_features = history_features
+        self.input = nn.Linear(max(history_features, 1), params.d_gnn)
+        self.gin = nn.ModuleList(
+            GinLayer(params.d_gnn, params.d_gin_mlp) for _ in range(params.num_gnn_layers)
+        )
+        self.to_tokens = nn.Linear(params.d_gnn, params.d_transformer)
+        self.token_type = nn.Embedding(4, params.d_transformer)  # graph 0/1 token, node of 0/1
+        layer = nn.TransformerEncoderLayer(
+            params.d_transformer,
+            params.num_heads,
+            params.d_transformer_mlp,
+            dropout=0.0,
+            batch_first=True,
+        )
+        self.transformer = nn.TransformerEncoder(
+            layer, params.num_transformer_layers, enable_nested_tensor=False
+        )
+        self.representation = nn.Linear(2 * params.d_transformer, d_repr)
+        self.node_representation = nn.Linear(params.d_transformer, d_repr)
+
+    def forward(
+        self, adjacency: torch.Tensor, node_mask: torch.Tensor, history: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a batch of graph pairs.
+
+        Parameters
+        ----------
+        adjacency : Tensor [B, 2, N, N]
+        node_mask : Tensor [B, 2, N] bool
+        history : Tensor [B, R, C, 2N] or None
+            The message history the agent sees; ``None`` (solo training) is all zeros.
+
+        Returns
+        -------
+        representation : Tensor [B, d_representation]
+        nodes : Tensor [B, 2N, d_representation]
+        """
+        batch, _, size, _ = adjacency.shape
+        if history is None:
+            features = adjacency.new_zeros(batch, 2, size, max(self.history_features, 1))
+        else:
+            features = history.flatten(1, 2).unflatten(2, (2, size)).permute(0, 2, 3, 1)
+        mask = node_mask[..., None].to(adjacency.dtype)
+        h = self.input(features) * mask
+        for layer in self.gin:
+            h = layer(h, adjacency) * mask
+        graph_tokens = self.to_tokens(h.sum(2))  # [B, 2, d_t]: sum pooling
+        node_tokens = self.to_tokens(h).flatten(1, 2)  # [B, 2N, d_t]
+        kinds = torch.arange(2, device=h.device)
+        graph_tokens = graph_tokens + self.token_type(kinds)
+        node_tokens = node_tokens + self.token_type(2 + kinds).repeat_interleave(size, 0)
+        tokens = torch.cat([graph_tokens, node_tokens], dim=1)
+        padding = torch.cat([node_mask.new_ones(batch, 2), node_mask.flatten(1)], dim=1)
+        out = self.transformer(tokens, src_key_padding_mask=~padding)
+        return self.representation(out[:, :2].flatten(1)), self.node_representation(out[:, 2:])
+
+
+class GraphIsomorphismAgent(nn.Module):
+    """One agent: the body and its heads.
+
+    Parameters
+    ----------
+    params : GraphIsomorphismAgentParameters
+        The agent's hyper-parameters.
+    history_features : int
+        Message-history features per node: rounds × channels of the protocol.
+    d_representation : int
+        Width of the body's output.
+    is_verifier : bool
+        Whether the agent gets a decider head.
+    """
+
+    def __init__(
+        self,
+        params: GraphIsomorphismAgentParameters,
+        history_features: int,
+        d_representation: int,
+        is_verifier: bool,
+    ) -> None:
+        super().__init__()
+        self.body = GraphIsomorphismBody(params, history_features, d_representation)
+        self.node_selector = nn.Linear(2 * d_representation, 1)
+        self.decider = _mlp(d_representation, params.d_decider, 3) if is_verifier else None
+        self.value = _mlp(d_representation, params.d_decider, 1)
+        self.solo_head = _mlp(d_representation, params.d_decider, 2)
+
+    def forward(
+        self, adjacency: torch.Tensor, node_mask: torch.Tensor, history: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Return every head's output.
+
+        ``node_logits`` [B, 2N] (padding at -inf), ``decision_logits`` [B, 3] (verifier only),
+        ``value`` [B], ``solo_logits`` [B, 2].
+        """
+        representation, nodes = self.body(adjacency, node_mask, history)
+        pair = representation[:, None].expand_as(nodes)
+        node_logits = self.node_selector(torch.cat([nodes, pair], -1)).squeeze(-1)
+        out = {
+            "node_logits": node_logits.masked_fill(~node_mask.flatten(1), float("-inf")),
+            "value": self.value(representation).squeeze(-1),
+            "solo_logits": self.solo_head(representation),
+        }
+        if self.decider is not None:
+            out["decision_logits"] = self.decider(representation)
+        return out
+
+
+class SoloClassifier(nn.Module):
+    """An agent's body and solo head, the part supervised training updates (and wraps in DDP)."""
+
+    def __init__(self, agent: GraphIsomorphismAgent) -> None:
+        super().__init__()
+        self.body = agent.body
+        self.solo_head = agent.solo_head
+
+    def forward(self, adjacency: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
+        """Return ``[B, 2]`` logits: not isomorphic / isomorphic."""
+        representation, _ = self.body(adjacency, node_mask, None)
+        return self.solo_head(representation)

@@ -1,0 +1,229 @@
+"""The graph-isomorphism scenario and ``solo_agent``: data, cache, agents, kill and resume."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+from collections import Counter
+from dataclasses import fields
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import torch
+import yaml
+from helpers.gated import GATE_ENV, make_gate, wait_for_gate
+from test_local_runs import _cli, _run_cli
+
+from raytrainer import ConfigError, ExperimentSettings, load_hyper_params, run_local
+from raytrainer.checkpoint import list_checkpoints, read_checkpoint
+from raytrainer.scenarios.graph_isomorphism import (
+    DatasetOptions,
+    GraphIsomorphismAgent,
+    GraphIsomorphismAgentParameters,
+    load_or_generate,
+)
+from raytrainer.scenarios.graph_isomorphism.data import cache_location, generate
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_AGENT = {
+    "num_gnn_layers": 2,
+    "d_gnn": 8,
+    "d_gin_mlp": 16,
+    "num_transformer_layers": 1,
+    "num_heads": 2,
+    "d_transformer": 8,
+    "d_transformer_mlp": 16,
+    "d_decider": 8,
+}
+
+
+def tiny_gi_config(**extra) -> dict:
+    """solo_agent on 120 pairs: 90 to train, batch 16 → 5 steps an epoch, 4 epochs."""
+    return {
+        "trainer": "helpers.gated:GatedSoloAgentTrainer",
+        "scenario": "graph_isomorphism",
+        "interaction_protocol": "nip",
+        "dataset": "tiny",
+        "dataset_options": {"num_pairs": 120, "seed": 1},
+        "test_size": 0.25,
+        "d_representation": 8,
+        "agents": {"_default": TINY_AGENT, "prover": {"num_gnn_layers": 3}},
+        "solo_agent": {"num_epochs": 4, "batch_size": 16, "learning_rate": 0.003},
+        **extra,
+    }
+
+
+def _bytes(pairs) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({f.name: getattr(pairs, f.name) for f in fields(pairs)}, buffer)
+    return buffer.getvalue()
+
+
+def _reference_wl_score(a: nx.Graph, b: nx.Graph, rounds: int) -> int:
+    """Textbook 1-WL colour refinement on the disjoint union, with explicit signatures."""
+    union = nx.disjoint_union(a, b)
+    colors = dict.fromkeys(union, 0)
+    for round_id in range(1, rounds + 1):
+        signatures = {v: (colors[v], tuple(sorted(colors[u] for u in union[v]))) for v in union}
+        palette = {s: k for k, s in enumerate(sorted(set(signatures.values())))}
+        colors = {v: palette[signatures[v]] for v in union}
+        left = sorted(colors[v] for v in range(len(a)))
+        right = sorted(colors[v] for v in range(len(a), len(union)))
+        if left != right:
+            return round_id
+    return 0
+
+
+def _graphs(pairs, i):
+    return [
+        nx.from_numpy_array(pairs.adjacency[i, g, :n, :n].numpy())
+        for g, n in enumerate(pairs.num_nodes[i].tolist())
+    ]
+
+
+def test_generator_is_seeded_and_gives_the_requested_difficulty():
+    options = DatasetOptions(num_pairs=400, seed=7)
+    pairs = generate(options)
+    assert _bytes(pairs) == _bytes(generate(options))  # same seed, same bytes
+    assert _bytes(pairs) != _bytes(generate(options.model_copy(update={"seed": 8})))
+    assert pairs.y.sum() == 200 and torch.equal(pairs.y == 1, pairs.wl_score == 0)
+    scores = Counter(pairs.wl_score[pairs.y == 0].tolist())
+    assert abs(scores[1] / 200 - 0.1) <= 0.02 and abs(scores[2] / 200 - 0.2) <= 0.02
+    assert sum(scores.values()) == 200 and max(scores) <= 5
+    assert set(pairs.num_nodes.flatten().tolist()) == set(range(7, 12))
+    for i in range(0, 400, 5):  # a sample, against networkx and a textbook WL
+        a, b = _graphs(pairs, i)
+        assert nx.is_isomorphic(a, b) == bool(pairs.y[i]), i
+        assert _reference_wl_score(a, b, 5) == pairs.wl_score[i], i
+
+
+def test_dataset_cache_is_reused_rebuilt_on_change_and_never_trusted_partial(tmp_path, caplog):
+    options = DatasetOptions(num_pairs=60, seed=2)
+    first = load_or_generate("small", options, str(tmp_path))
+    folder = Path(cache_location(str(tmp_path), "small", options))
+    data = folder / "data.pt"
+    stamp = data.stat().st_mtime_ns
+    assert _bytes(load_or_generate("small", options, str(tmp_path))) == _bytes(first)
+    assert data.stat().st_mtime_ns == stamp  # read back, not generated again
+    # Another option is another dataset, in another folder.
+    other = options.model_copy(update={"isomorphic_share": 0.25})
+    assert load_or_generate("small", other, str(tmp_path)).y.sum() == 15
+    assert Path(cache_location(str(tmp_path), "small", other)) != folder
+    # A damaged data file is detected by its digest and generated again.
+    data.write_bytes(data.read_bytes()[:-10])
+    assert _bytes(load_or_generate("small", options, str(tmp_path))) == _bytes(first)
+    assert "does not match its digest" in caplog.text
+    # A folder whose meta.json (written last) is missing is a partial write: never used.
+    (folder / "meta.json").unlink()
+    data.write_bytes(b"partial")
+    assert _bytes(load_or_generate("small", options, str(tmp_path))) == _bytes(first)
+    with pytest.raises(ConfigError, match="dataset='mine' is not one of"):
+        load_or_generate("mine", DatasetOptions(), str(tmp_path))
+
+
+def test_agents_see_graphs_up_to_isomorphism_and_pick_real_nodes():
+    torch.manual_seed(0)
+    params = GraphIsomorphismAgentParameters(**TINY_AGENT)
+    agent = GraphIsomorphismAgent(
+        params, history_features=8 * 1, d_representation=8, is_verifier=True
+    )
+    pairs = generate(DatasetOptions(num_pairs=20, seed=4))
+    adjacency, mask = pairs.adjacency.float(), pairs.node_mask
+    history = torch.zeros(20, 8, 1, 22)
+    out = agent(adjacency, mask, history)
+    assert out["node_logits"].shape == (20, 22) and out["decision_logits"].shape == (20, 3)
+    assert torch.isinf(out["node_logits"][~mask.flatten(1)]).all()
+    assert torch.isfinite(out["node_logits"][mask.flatten(1)]).all()
+    # Relabelling the real nodes of both graphs changes nothing but the nodes' order.
+    permuted = adjacency[0].clone()
+    for g in range(2):
+        n = int(pairs.num_nodes[0, g])
+        order = torch.cat([torch.randperm(n), torch.arange(n, 11)])  # padding stays at the end
+        permuted[g] = adjacency[0, g][order][:, order]
+    again = agent(permuted[None], mask[:1], history[:1])
+    assert torch.allclose(again["solo_logits"], out["solo_logits"][:1], atol=1e-5)
+    assert torch.allclose(again["value"], out["value"][:1], atol=1e-5)
+
+
+def test_a_config_of_the_original_project_loads_unchanged():
+    hp = load_hyper_params(
+        {
+            "trainer": "solo_agent",
+            "scenario": "graph_isomorphism",
+            "interaction_protocol": "nip",
+            "dataset": "eru10000",
+            "seed": 6,
+            "agents": {
+                "_default": {"d_gnn": 16},
+                "prover": {"num_gnn_layers": 5},
+                "verifier": {"num_gnn_layers": 2, "num_transformer_layers": 1},
+            },
+            "solo_agent": {"num_epochs": 10, "batch_size": 256, "learning_rate": 0.001},
+        }
+    )
+    assert hp.agent_params("verifier").num_gnn_layers == 2
+    assert hp.agent_params("verifier").d_transformer == 16
+    assert hp.num_iterations == 10 * (8000 // 256) and hp.batch_size == 256
+    assert load_hyper_params(hp.to_saved()["params"]) == hp  # saved with the derived length
+    with pytest.raises(ConfigError, match="batch_size=32 differs from solo_agent.batch_size"):
+        load_hyper_params({**hp.to_dict(), "batch_size": 32})
+    with pytest.raises(ConfigError, match="agents.judge: protocol 'nip' has agents"):
+        load_hyper_params({**hp.to_dict(), "agents": {"judge": {}}})
+
+
+def _final_models(run_dir: Path) -> dict:
+    return read_checkpoint(list_checkpoints(run_dir)[-1]).state["models"]
+
+
+def test_solo_agent_killed_mid_epoch_resumes_bitwise(tmp_path):
+    config = tmp_path / "gi.yaml"
+    config.write_text(yaml.safe_dump(tiny_gi_config()))
+    args = ["run", config, "--local", "--checkpoint-period", "3", "--no-progress"]
+    code, _, err = _run_cli([*args, "--storage-path", tmp_path / "straight"], tmp_path)
+    assert code == 0, err
+
+    storage = tmp_path / "killed"
+    gate = make_gate(tmp_path / "gate", 9)  # epochs are 5 steps: 9 is mid-epoch
+    env = {GATE_ENV: gate, "RAYTRAINER_STORAGE": str(tmp_path / "straight")}  # shared dataset
+    proc = _cli(
+        [*args, "--storage-path", storage],
+        tmp_path,
+        env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert wait_for_gate(tmp_path / "gate") == (9, proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    (run_dir,) = [p for p in storage.iterdir() if p.name != "datasets"]
+    code, _, err = _run_cli([*args, "--storage-path", storage], tmp_path)
+    assert code == 0, err
+    assert f"resuming run {run_dir.name} from {run_dir / 'checkpoint_000009'}" in err
+    straight, resumed = _final_models(tmp_path / "straight" / run_dir.name), _final_models(run_dir)
+    for agent in ("prover", "verifier"):
+        for key, value in straight[agent].items():
+            assert torch.equal(value, resumed[agent][key]), (agent, key)
+    final = read_checkpoint(list_checkpoints(run_dir)[-1])
+    assert final.iteration == 20 and final.metadata["metrics"]["epoch"] == 4
+    assert {"prover_test_accuracy", "verifier_test_accuracy_wl1"} <= set(final.metadata["metrics"])
+
+
+def test_solo_agent_learns_in_process(tmp_path):
+    hp = load_hyper_params(
+        tiny_gi_config(
+            trainer="solo_agent",
+            dataset_options={
+                "num_pairs": 400,
+                "seed": 1,
+                "wl_round1_share": 1.0,
+                "wl_round2_share": 0.0,
+            },
+            solo_agent={"num_epochs": 15, "batch_size": 32, "learning_rate": 0.003},
+        )
+    )
+    result = run_local(hp, ExperimentSettings(storage_path=str(tmp_path), checkpoint_period=1000))
+    # Pairs told apart by their degrees alone: even a tiny agent gets most of them.
+    assert result.metrics["prover_test_accuracy"] >= 0.75, result.metrics
