@@ -138,6 +138,11 @@ class ExperimentSettings:
         "Where the run's checkpoints are kept: a folder or a URI (s3://bucket/prefix).",
         default_doc="$RAYTRAINER_STORAGE, else ./raytrainer_runs",
     )
+    data_root: str | None = setting(
+        None,
+        "Where scenarios cache the data they generate: a folder or a URI.",
+        default_doc="the storage root",
+    )
     backend: Backend | None = setting(
         None,
         "Where reports and checkpoints go; the runner sets it (build_trainer: in-process).",

@@ -16,12 +16,14 @@ import yaml
 from helpers.gated import GATE_ENV, make_gate, wait_for_gate
 from test_local_runs import _cli, _run_cli
 
-from raytrainer import ConfigError, ExperimentSettings, load_hyper_params, run_local
+from raytrainer import ConfigError, ExperimentSettings, Scaling, load_hyper_params, run, run_local
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
+from raytrainer.scenario import build_scenario_instance
 from raytrainer.scenarios.graph_isomorphism import (
     DatasetOptions,
     GraphIsomorphismAgent,
     GraphIsomorphismAgentParameters,
+    SoloClassifier,
     load_or_generate,
 )
 from raytrainer.scenarios.graph_isomorphism.data import cache_location, generate
@@ -227,3 +229,54 @@ def test_solo_agent_learns_in_process(tmp_path):
     result = run_local(hp, ExperimentSettings(storage_path=str(tmp_path), checkpoint_period=1000))
     # Pairs told apart by their degrees alone: even a tiny agent gets most of them.
     assert result.metrics["prover_test_accuracy"] >= 0.75, result.metrics
+
+
+@pytest.mark.timeout(600)
+def test_solo_agent_on_two_ray_workers_matches_in_process(ray_cluster, tmp_path):
+    hp = load_hyper_params(tiny_gi_config(trainer="solo_agent"))
+    ray_result = run(hp, _gi_settings(tmp_path / "ray"), Scaling(num_workers=2))
+    local_result = run_local(hp, _gi_settings(tmp_path / "local"))
+    assert ray_result.iteration == local_result.iteration == 20
+    final = read_checkpoint(list_checkpoints(tmp_path / "ray" / ray_result.run_id)[-1])
+    assert final.metadata["world_size"] == 2 and final.metadata["metrics"]["epoch"] == 4
+    on_ray = final.state["models"]
+    in_process = _final_models(tmp_path / "local" / local_result.run_id)
+    # The same global batches: equal up to all-reduce order. Compared by what the agents
+    # compute: Adam turns the zero gradients of attention's key biases into noise-driven steps.
+    instance = build_scenario_instance(hp, _gi_settings(tmp_path / "local"))
+    test = instance.datasets["test"]
+    for name, agent in instance.agents.items():
+        outputs = []
+        for state in (in_process[name], on_ray[name]):
+            model = SoloClassifier(agent)
+            model.load_state_dict(state)
+            with torch.no_grad():
+                outputs.append(model.eval()(test.adjacency.float(), test.node_mask))
+        assert torch.allclose(*outputs, atol=1e-3), name
+    for name in ("prover_test_accuracy", "verifier_test_accuracy"):
+        assert ray_result.metrics[name] == pytest.approx(local_result.metrics[name], abs=0.02)
+
+
+def _gi_settings(storage: Path) -> ExperimentSettings:
+    return ExperimentSettings(storage_path=str(storage), checkpoint_period=10)
+
+
+def test_a_dry_run_reuses_the_real_data_cache_and_leaves_no_run(tmp_path):
+    hp = load_hyper_params(tiny_gi_config(trainer="solo_agent"))
+    settings = ExperimentSettings(storage_path=str(tmp_path), test_run=4)
+    result = run_local(hp, settings)
+    assert result.iteration == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["datasets"]  # the run itself is gone
+    (cache,) = (tmp_path / "datasets" / "graph_isomorphism").iterdir()
+    assert cache.name.startswith("tiny-") and (cache / "meta.json").is_file()
+
+
+def test_dataset_cache_on_s3(s3_server):
+    options = DatasetOptions(num_pairs=40, seed=5)
+    root = "s3://raytrainer/gi-cache"
+    first = load_or_generate("s3pairs", options, root)
+    folder = cache_location(root, "s3pairs", options).removeprefix("s3://")
+    assert s3_server.get_file_info(f"{folder}/meta.json").size > 0
+    written = s3_server.get_file_info(f"{folder}/data.pt").mtime
+    assert _bytes(load_or_generate("s3pairs", options, root)) == _bytes(first)
+    assert s3_server.get_file_info(f"{folder}/data.pt").mtime == written  # read, not rewritten

@@ -248,3 +248,15 @@ def test_nearest_is_shared_with_its_hint():
     assert nearest("xyz", ["num_iterations", "seed"]) is None
     assert did_you_mean("sed", ["seed"]) == "; did you mean 'seed'?"
     assert did_you_mean("xyz", ["seed"]) == ""
+
+
+def test_agent_sections_fill_from_default_after_a_round_trip():
+    # What a Ray worker or a checkpoint reads back: the saved form, validated again.
+    hp = load_hyper_params(
+        EXAMPLE,
+        ["agents._default.learning_rate=0.5", "agents.agent.weight_decay=0.25"],
+    )
+    again = load_hyper_params(hp.to_saved()["params"])
+    assert again.agent_params("agent").learning_rate == 0.5
+    assert again.agent_params("agent").weight_decay == 0.25
+    assert again.default_run_id() == hp.default_run_id()

@@ -189,8 +189,17 @@ class HyperParameters(ParamsModel):
         return type(default).model_validate(merged)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the tree as plain JSON-compatible values."""
-        return self.model_dump(mode="json")
+        """Return the tree as plain JSON-compatible values.
+
+        A named agent's section keeps only the fields it sets, so the tree read back from this
+        (in a Ray worker, from a checkpoint) still fills the rest from ``_default``.
+        """
+        data = self.model_dump(mode="json")
+        data["agents"] = {
+            name: section.model_dump(mode="json", exclude_unset=name != DEFAULT_AGENT)
+            for name, section in self.agents.items()
+        }
+        return data
 
     def to_saved(self) -> dict[str, Any]:
         """Return the saved form: the tree plus its schema and package versions."""

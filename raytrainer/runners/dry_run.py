@@ -50,6 +50,7 @@ def dry_run(
         settings,
         run_id=run_id,
         storage_path=root,
+        data_root=real.data_root or storage.root_of(real.storage_path),  # the real data cache
         wandb_mode="disabled",
         test_run=0,
         restart=False,

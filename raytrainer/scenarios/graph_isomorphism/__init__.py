@@ -38,9 +38,10 @@ def build_graph_isomorphism_scenario(
 ) -> ScenarioInstance:
     """Build the protocol handler, the train/test graph pairs and one agent per protocol agent.
 
-    The pairs come from the dataset cache under the run's storage root (generated on first
-    use); the split is drawn from the dataset's seed, so every run sees the same test set.
-    Each agent's initial weights are drawn from ``seed`` and its position in the protocol.
+    The pairs come from the dataset cache under ``settings.data_root`` (default: the run's
+    storage root), generated on first use; the split is drawn from the dataset's seed, so
+    every run sees the same test set. Each agent's initial weights are drawn from ``seed`` and
+    its position in the protocol.
     """
     missing = [name for name in _NEEDS if not hasattr(hyper_params, name)]
     if missing:
@@ -50,9 +51,8 @@ def build_graph_isomorphism_scenario(
         )
     params: Any = hyper_params
     handler = build_protocol_handler(hyper_params)
-    pairs = load_or_generate(
-        params.dataset, params.dataset_options, storage.root_of(settings.storage_path)
-    )
+    root = settings.data_root or storage.root_of(settings.storage_path)
+    pairs = load_or_generate(params.dataset, params.dataset_options, root)
     train, test = pairs.split(params.test_size, params.dataset_options.seed)
     history_features = handler.max_message_rounds * len(handler.channel_names)
     agents = {}

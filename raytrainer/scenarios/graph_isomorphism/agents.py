@@ -4,13 +4,19 @@ For a pair of graphs with message history, an agent computes::
 
     node features  [B, 2, N, R*C] --linear--> [B, 2, N, d_gnn]
     num_gnn_layers dense GIN layers: h <- MLP((1 + eps) h + A h)          (per graph)
-    sum pooling    -> 2 graph tokens; 2N node tokens                      (d_transformer)
-    transformer encoder over the 2 + 2N tokens (padding masked)
-    -> representation [B, d_representation] and node representations [B, 2N, d_representation]
+    sum pooling    -> g0, g1 (graph tokens); 2N node tokens               (d_transformer)
+    transformer encoder over the 2 + 2N tokens (padding masked) -> t0, t1
+    representation = W [t0 + t1, |t0 - t1|] + V |g0 - g1|                [B, d_representation]
 
 and its heads: ``node_selector`` (logits over the 2N nodes: the message), ``decider`` (reject /
 accept / continue; the verifier's), ``value`` and ``solo_head`` (the pair's class, for
 supervised training).
+
+One addition to the original project's description, measured on ``eru10000`` (README, "Neural
+interactive proofs"): the representation also sees ``|g0 - g1|`` — zero for isomorphic graphs
+whatever the weights — beside the transformer's symmetric summary of its two graph tokens.
+Without it a 5-layer agent reached 0.65–0.84 test accuracy in 100 epochs; with it, above 0.9
+in 5.
 """
 
 from __future__ import annotations
@@ -83,7 +89,7 @@ class GraphIsomorphismBody(nn.Module):
             layer, params.num_transformer_layers, enable_nested_tensor=False
         )
         self.representation = nn.Linear(2 * params.d_transformer, d_repr)
-        self.node_representation = nn.Linear(params.d_transformer, d_repr)
+        self.compare = nn.Linear(params.d_gnn, d_repr)
 
     def forward(
         self, adjacency: torch.Tensor, node_mask: torch.Tensor, history: torch.Tensor | None
@@ -100,7 +106,8 @@ class GraphIsomorphismBody(nn.Module):
         Returns
         -------
         representation : Tensor [B, d_representation]
-        nodes : Tensor [B, 2N, d_representation]
+        nodes : Tensor [B, 2N, d_transformer]
+            The transformer's node tokens (the node selector's input).
         """
         batch, _, size, _ = adjacency.shape
         if history is None:
@@ -111,7 +118,8 @@ class GraphIsomorphismBody(nn.Module):
         h = self.input(features) * mask
         for layer in self.gin:
             h = layer(h, adjacency) * mask
-        graph_tokens = self.to_tokens(h.sum(2))  # [B, 2, d_t]: sum pooling
+        pooled = h.sum(2)  # sum pooling: [B, 2, d_gnn]
+        graph_tokens = self.to_tokens(pooled)
         node_tokens = self.to_tokens(h).flatten(1, 2)  # [B, 2N, d_t]
         kinds = torch.arange(2, device=h.device)
         graph_tokens = graph_tokens + self.token_type(kinds)
@@ -119,7 +127,10 @@ class GraphIsomorphismBody(nn.Module):
         tokens = torch.cat([graph_tokens, node_tokens], dim=1)
         padding = torch.cat([node_mask.new_ones(batch, 2), node_mask.flatten(1)], dim=1)
         out = self.transformer(tokens, src_key_padding_mask=~padding)
-        return self.representation(out[:, :2].flatten(1)), self.node_representation(out[:, 2:])
+        t0, t1 = out[:, 0], out[:, 1]
+        representation = self.representation(torch.cat([t0 + t1, (t0 - t1).abs()], -1))
+        representation = representation + self.compare((pooled[:, 0] - pooled[:, 1]).abs())
+        return representation, out[:, 2:]
 
 
 class GraphIsomorphismAgent(nn.Module):
@@ -146,7 +157,7 @@ class GraphIsomorphismAgent(nn.Module):
     ) -> None:
         super().__init__()
         self.body = GraphIsomorphismBody(params, history_features, d_representation)
-        self.node_selector = nn.Linear(2 * d_representation, 1)
+        self.node_selector = _mlp(params.d_transformer + d_representation, params.d_decider, 1)
         self.decider = _mlp(d_representation, params.d_decider, 3) if is_verifier else None
         self.value = _mlp(d_representation, params.d_decider, 1)
         self.solo_head = _mlp(d_representation, params.d_decider, 2)
@@ -160,7 +171,7 @@ class GraphIsomorphismAgent(nn.Module):
         ``value`` [B], ``solo_logits`` [B, 2].
         """
         representation, nodes = self.body(adjacency, node_mask, history)
-        pair = representation[:, None].expand_as(nodes)
+        pair = representation[:, None].expand(-1, nodes.shape[1], -1)
         node_logits = self.node_selector(torch.cat([nodes, pair], -1)).squeeze(-1)
         out = {
             "node_logits": node_logits.masked_fill(~node_mask.flatten(1), float("-inf")),

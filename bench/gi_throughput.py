@@ -1,0 +1,136 @@
+"""Throughput of the graph-isomorphism domain: batched protocol rollouts and solo training.
+
+Prints, from one run of this script:
+- environment steps per second of a batched ``nip`` rollout with random policies (one step is
+  one round of one episode), with the agents' forward passes and without;
+- ``solo_agent`` training samples per second under ``run_local`` (progress bar, live metrics,
+  a checkpoint every 100 iterations) vs. the same training steps called directly on a trainer
+  built the same way, and their ratio.
+
+Medians over interleaved repeats. Usage:
+python bench/gi_throughput.py [--repeats 3] [--iterations 200] [--episodes 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from raytrainer import ExperimentSettings, build_trainer, load_hyper_params, run_local
+from raytrainer.protocols import ProtocolEnvironment
+from raytrainer.scenario import build_scenario_instance
+from raytrainer.trainers import SoloAgentTrainer
+
+TRAIN_SECONDS: list[float] = []
+AGENTS = {
+    "_default": {"num_gnn_layers": 5},
+    "verifier": {"num_gnn_layers": 2, "num_transformer_layers": 1},
+}
+
+
+def config(iterations: int) -> dict:
+    return {
+        "trainer": "solo_agent",
+        "scenario": "graph_isomorphism",
+        "interaction_protocol": "nip",
+        "dataset": "er1000",
+        "agents": AGENTS,
+        "num_iterations": iterations,
+        "solo_agent": {"batch_size": 256},
+    }
+
+
+def rollout_steps_per_second(storage: str, episodes: int, with_agents: bool) -> float:
+    """Roll out ``episodes`` nip episodes to the end with random messages and decisions."""
+    hp = load_hyper_params(config(1))
+    instance = build_scenario_instance(hp, ExperimentSettings(storage_path=storage))
+    env = ProtocolEnvironment(instance.protocol_handler)
+    pairs = instance.datasets["train"]
+    pairs = pairs[torch.arange(episodes) % len(pairs)]
+    adjacency, node_mask = pairs.adjacency.float(), pairs.node_mask
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    episodes_state = env.reset(pairs.y, node_mask.flatten(1), generator)
+    steps = 0
+    with torch.no_grad():
+        while not episodes_state.done.all():
+            if with_agents:
+                for name, agent in instance.agents.items():
+                    agent(adjacency, node_mask, env.observe(episodes_state, name))
+            steps += int((~episodes_state.done).sum())
+            messages = torch.multinomial(
+                node_mask.flatten(1).float(), len(env.agent_names), replacement=True
+            )
+            decisions = torch.randint(0, 3, (episodes,), generator=generator)
+            episodes_state, _ = env.step(episodes_state, messages, decisions)
+    return steps / (time.perf_counter() - start)
+
+
+def direct_samples_per_second(storage: str, iterations: int) -> float:
+    """The same training steps, called in a plain loop on a trainer built by raytrainer."""
+    hp = load_hyper_params(config(iterations))
+    settings = ExperimentSettings(storage_path=storage, wandb_mode="disabled")
+    trainer = build_trainer(hp, settings)
+    assert isinstance(trainer, SoloAgentTrainer)
+    steps_per_epoch = hp.steps_per_epoch()
+    start = time.perf_counter()
+    while trainer.iteration < iterations:
+        trainer.training_step()
+        if trainer.iteration % steps_per_epoch == 0:
+            trainer.record_metrics(trainer.evaluate())
+    elapsed = time.perf_counter() - start
+    trainer.close()
+    return iterations * hp.batch_size / elapsed
+
+
+class TimedSoloAgentTrainer(SoloAgentTrainer):
+    """``solo_agent``, timing its ``train()``: the runner's start-up is left out."""
+
+    def train(self) -> None:
+        start = time.perf_counter()
+        super().train()
+        TRAIN_SECONDS.append(time.perf_counter() - start)
+
+
+def raytrainer_samples_per_second(storage: str, iterations: int, repeat: int) -> float:
+    """``run_local`` of the same config: progress bar, live metrics, checkpoints every 100."""
+    hp = load_hyper_params(
+        {**config(iterations), "trainer": "__main__:TimedSoloAgentTrainer", "seed": repeat}
+    )
+    settings = ExperimentSettings(
+        storage_path=storage, wandb_mode="disabled", checkpoint_period=100
+    )
+    run_local(hp, settings)
+    return iterations * hp.batch_size / TRAIN_SECONDS[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--episodes", type=int, default=1024)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        rollout_steps_per_second(root, 8, False)  # generates the dataset once
+        env_only = [rollout_steps_per_second(root, args.episodes, False) for _ in range(3)]
+        with_agents = [rollout_steps_per_second(root, args.episodes, True) for _ in range(3)]
+        print(f"nip rollout, {args.episodes} episodes, random policies:")
+        print(f"  environment only      {statistics.median(env_only):>12,.0f} steps/s")
+        print(f"  with agents' forwards {statistics.median(with_agents):>12,.0f} steps/s")
+        direct, runner = [], []
+        for repeat in range(args.repeats):  # interleaved; both read the dataset cached in root
+            direct.append(direct_samples_per_second(root, args.iterations))
+            runner.append(raytrainer_samples_per_second(root, args.iterations, repeat))
+        d, r = statistics.median(direct), statistics.median(runner)
+        print(f"solo_agent (prover + verifier), {args.iterations} iterations of 256 pairs:")
+        print(f"  called directly       {d:>12,.0f} samples/s")
+        print(f"  raytrainer run_local  {r:>12,.0f} samples/s")
+        print(f"  ratio raytrainer/direct {r / d:.3f}")
+
+
+if __name__ == "__main__":
+    main()
