@@ -5,8 +5,8 @@ on the same global batches; no messages are exchanged. It is the original projec
 pretraining step, and a baseline: how much does an agent see on its own?
 
 An iteration is one optimiser step on one global batch (``solo_agent.batch_size``, divided
-across Ray workers); test accuracy is measured at the end of every epoch and of the run, per
-agent, and at the end also per WL score.
+across Ray workers); each agent's test accuracy is measured at every epoch's end and before
+every checkpoint, and at the end also per WL score.
 """
 
 from __future__ import annotations
@@ -102,14 +102,19 @@ class SoloAgentTrainer(Trainer):
 
     @attach_progress_bar(lambda self: self.hyper_params.num_iterations)
     def train(self, progress) -> None:
-        """Train to ``num_iterations``, checkpointing every ``checkpoint_period`` iterations."""
+        """Train to ``num_iterations``, checkpointing every ``checkpoint_period`` iterations.
+
+        Test accuracy is measured at every epoch's end and before every checkpoint, so each
+        report (a sweep's metric included) carries it.
+        """
         total = self.hyper_params.num_iterations
         steps_per_epoch = self.hyper_params.steps_per_epoch()
         while self.iteration < total:
             self.training_step()
-            if self.iteration % steps_per_epoch == 0 or self.iteration == total:
+            save = self.iteration % self.settings.checkpoint_period == 0
+            if save or self.iteration % steps_per_epoch == 0 or self.iteration == total:
                 self.record_metrics(self.evaluate(by_wl_score=self.iteration == total))
                 self.record_metrics(epoch=self.iteration // steps_per_epoch)
             progress.step()
-            if self.iteration % self.settings.checkpoint_period == 0 or self.iteration == total:
+            if save or self.iteration == total:
                 self.save_checkpoint()
