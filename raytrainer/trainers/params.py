@@ -7,6 +7,8 @@ is not given.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from raytrainer.params import HyperParameters, ParamsModel
@@ -20,6 +22,44 @@ class SoloAgentParameters(ParamsModel):
     num_epochs: PositiveInt = Field(100, description="Passes over the training pairs.")
     batch_size: PositiveInt = Field(256, description="Global batch (divided across workers).")
     learning_rate: PositiveFloat = Field(0.001, description="Adam's learning rate.")
+
+
+class RlParameters(ParamsModel):
+    """What every RL trainer shares (``rl``), with the original project's names."""
+
+    frames_per_batch: PositiveInt = Field(
+        1000, description="Environment steps per iteration, across all workers."
+    )
+    num_iterations: PositiveInt = Field(1000, description="Rollout-and-update iterations.")
+    num_epochs: PositiveInt = Field(4, description="Passes over each rollout (PPO).")
+    minibatch_size: PositiveInt = Field(64, description="Environment steps per minibatch.")
+    lr: PositiveFloat = Field(0.003, description="Adam's learning rate.")
+    max_grad_norm: PositiveFloat = Field(1.0, description="Gradient-norm clip per agent.")
+    gamma: float = Field(0.9, ge=0, le=1, description="Discount.")
+    lmbda: float = Field(0.95, ge=0, le=1, description="GAE's lambda.")
+    num_test_iterations: PositiveInt = Field(
+        10, description="Test rollouts (of the test pairs) at each checkpoint and the end."
+    )
+
+
+class PpoParameters(ParamsModel):
+    """The clipped PPO objective (``ppo``)."""
+
+    loss_type: Literal["clip"] = Field(
+        "clip", description="The surrogate objective; only the clipped one is built."
+    )
+    clip_epsilon: PositiveFloat = Field(0.2, description="Ratio clip range.")
+    entropy_eps: float = Field(0.001, ge=0, description="Entropy bonus weight.")
+    critic_coef: float = Field(1.0, ge=0, description="Value loss weight.")
+    normalize_advantage: bool = Field(True, description="Normalise advantages per minibatch.")
+
+
+class ReinforceParameters(ParamsModel):
+    """REINFORCE (``reinforce``)."""
+
+    use_advantage_and_critic: bool = Field(
+        False, description="Use GAE advantages and train the value head (else plain returns)."
+    )
 
 
 class NipHyperParameters(HyperParameters):
@@ -41,6 +81,9 @@ class NipHyperParameters(HyperParameters):
         description="Per-agent sections keyed by agent name; '_default' applies to all.",
     )
     solo_agent: SoloAgentParameters = Field(default_factory=SoloAgentParameters)
+    rl: RlParameters = Field(default_factory=RlParameters)
+    ppo: PpoParameters = Field(default_factory=PpoParameters)
+    reinforce: ReinforceParameters = Field(default_factory=ReinforceParameters)
 
     @model_validator(mode="after")
     def _run_length(self) -> NipHyperParameters:
@@ -85,3 +128,15 @@ class SoloAgentHyperParameters(NipHyperParameters):
     def derived_num_iterations(self) -> int:
         """``solo_agent.num_epochs`` × steps per epoch."""
         return self.solo_agent.num_epochs * self.steps_per_epoch()
+
+
+class RlHyperParameters(NipHyperParameters):
+    """The RL trainers' tree.
+
+    An iteration is one rollout of ``rl.frames_per_batch`` steps and its update;
+    ``num_iterations`` defaults to ``rl.num_iterations``.
+    """
+
+    def derived_num_iterations(self) -> int:
+        """``rl.num_iterations``."""
+        return self.rl.num_iterations

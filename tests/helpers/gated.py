@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from examples.regression import RegressionTrainer
-from raytrainer.trainers import SoloAgentTrainer
+from raytrainer.trainers import SoloAgentTrainer, VanillaPpoTrainer
 
 GATE_ENV = "RAYTRAINER_TEST_GATE"
 SKIP_ENV = "RAYTRAINER_TEST_GATE_SKIP"
@@ -74,6 +74,10 @@ class GateMixin:
 
 class GatedSoloAgentTrainer(GateMixin, SoloAgentTrainer):
     """The graph-isomorphism ``solo_agent`` trainer with the gate."""
+
+
+class GatedVanillaPpoTrainer(GateMixin, VanillaPpoTrainer):
+    """``vanilla_ppo`` with the gate."""
 
 
 class GatedRegressionTrainer(GateMixin, RegressionTrainer):

@@ -18,6 +18,7 @@ from raytrainer.scenario import ScenarioInstance, register_scenario
 from raytrainer.scenarios.graph_isomorphism.agents import (
     GraphIsomorphismAgent,
     GraphIsomorphismAgentParameters,
+    PolicyValue,
     SoloClassifier,
 )
 from raytrainer.scenarios.graph_isomorphism.data import (
@@ -74,6 +75,7 @@ __all__ = [
     "GraphIsomorphismAgent",
     "GraphIsomorphismAgentParameters",
     "GraphPairs",
+    "PolicyValue",
     "SoloClassifier",
     "build_graph_isomorphism_scenario",
     "load_or_generate",

@@ -133,6 +133,21 @@ class GraphIsomorphismBody(nn.Module):
         return representation, out[:, 2:]
 
 
+def select_nodes(
+    node_selector: nn.Module,
+    representation: torch.Tensor,
+    nodes: torch.Tensor,
+    node_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Return the logits ``[B, 2N]`` of the node to send; padding slots are ``-inf``.
+
+    Each node's logit comes from its token and the pair's representation.
+    """
+    pair = representation[:, None].expand(-1, nodes.shape[1], -1)
+    logits = node_selector(torch.cat([nodes, pair], -1)).squeeze(-1)
+    return logits.masked_fill(~node_mask.flatten(1), float("-inf"))
+
+
 class GraphIsomorphismAgent(nn.Module):
     """One agent: the body and its heads.
 
@@ -171,10 +186,8 @@ class GraphIsomorphismAgent(nn.Module):
         ``value`` [B], ``solo_logits`` [B, 2].
         """
         representation, nodes = self.body(adjacency, node_mask, history)
-        pair = representation[:, None].expand(-1, nodes.shape[1], -1)
-        node_logits = self.node_selector(torch.cat([nodes, pair], -1)).squeeze(-1)
         out = {
-            "node_logits": node_logits.masked_fill(~node_mask.flatten(1), float("-inf")),
+            "node_logits": select_nodes(self.node_selector, representation, nodes, node_mask),
             "value": self.value(representation).squeeze(-1),
             "solo_logits": self.solo_head(representation),
         }
@@ -195,3 +208,40 @@ class SoloClassifier(nn.Module):
         """Return ``[B, 2]`` logits: not isomorphic / isomorphic."""
         representation, _ = self.body(adjacency, node_mask, None)
         return self.solo_head(representation)
+
+
+class PolicyValue(nn.Module):
+    """The parts of an agent RL trains (and wraps in DDP).
+
+    The body, the value head, and the policy heads the protocol uses: the node selector if the
+    agent sends messages, the decider if it decides.
+
+    Parameters
+    ----------
+    agent : GraphIsomorphismAgent
+        The agent whose modules are shared (not copied).
+    sends_messages, decides : bool
+        Which policy heads the protocol gives the agent.
+    """
+
+    def __init__(self, agent: GraphIsomorphismAgent, sends_messages: bool, decides: bool) -> None:
+        super().__init__()
+        self.body = agent.body
+        self.value = agent.value
+        self.node_selector = agent.node_selector if sends_messages else None
+        self.decider = agent.decider if decides else None
+
+    def forward(
+        self, adjacency: torch.Tensor, node_mask: torch.Tensor, history: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Return ``value`` [B], and ``node_logits`` [B, 2N] / ``decision_logits`` [B, 3].
+
+        Only the policy heads the agent has are in the output.
+        """
+        representation, nodes = self.body(adjacency, node_mask, history)
+        out = {"value": self.value(representation).squeeze(-1)}
+        if self.node_selector is not None:
+            out["node_logits"] = select_nodes(self.node_selector, representation, nodes, node_mask)
+        if self.decider is not None:
+            out["decision_logits"] = self.decider(representation)
+        return out

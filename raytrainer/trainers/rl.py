@@ -1,0 +1,304 @@
+"""What the RL trainers share: batched rollouts under the protocol, GAE, test rollouts.
+
+An iteration of :class:`RlTrainer` reads top to bottom::
+
+    rollout = self.collect(train pairs)             # every round of a batch of episodes
+    advantages, returns = gae(rewards, values, ...) # per agent, every round
+    self.update(rollout, advantages, returns)       # the algorithm: PPO, REINFORCE
+    record metrics; save a checkpoint every checkpoint_period iterations
+
+Every round is a time step for every agent: an agent's policy terms count only in the rounds
+it acts (``active``), its value is trained on every round of a live episode (``alive``), and
+rewards reach each agent in the round they are given (a prover's when the verifier decides).
+Each rank rolls out its share of ``rl.frames_per_batch`` (``frames / max_message_rounds``
+episodes); under Ray the update's gradients are averaged by DDP.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from raytrainer.progress import attach_progress_bar
+from raytrainer.protocols import CONTINUE, ProtocolEnvironment
+from raytrainer.scenarios.graph_isomorphism import GraphPairs, PolicyValue
+from raytrainer.trainer import Trainer
+from raytrainer.trainers.params import RlHyperParameters
+
+
+# ALGO LOGIC: generalised advantage estimation ---------------------------------------------
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    dones: torch.Tensor,
+    gamma: float,
+    lmbda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the first (time) dimension.
+
+    Parameters
+    ----------
+    rewards, values : Tensor [T, ...]
+        The reward after step ``t`` and the value estimate at ``t``.
+    dones : Tensor [T, ...] bool
+        The episode ended at step ``t`` (nothing is bootstrapped past it).
+
+    Returns
+    -------
+    advantages, returns : Tensor [T, ...]
+        ``A_t = δ_t + γλ(1 - done_t) A_{t+1}``, ``δ_t = r_t + γ(1 - done_t) V_{t+1} - V_t``;
+        returns are ``A_t + V_t``.
+    """
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        nonterminal = 1.0 - dones[t].float()
+        next_value = values[t + 1] if t + 1 < len(rewards) else torch.zeros_like(values[t])
+        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
+        lastgaelam = delta + gamma * lmbda * nonterminal * lastgaelam
+        advantages[t] = lastgaelam
+    return advantages, advantages + values
+
+
+@dataclass
+class Rollout:
+    """One batch of episodes, every round. ``T`` rounds, ``A`` agents, ``B`` episodes.
+
+    Attributes
+    ----------
+    pairs : GraphPairs
+        The episodes' graph pairs (``B``).
+    history : Tensor [T, A, B, R, C, S]
+        What each agent saw before acting in round ``t``.
+    nodes, logp, values, rewards : Tensor [T, A, B]
+        The message each agent chose, the log-probability of its whole action, its value
+        estimate, and the reward it got after the round.
+    decisions : Tensor [T, B]
+        The verifier's decision (2: continue).
+    active : Tensor [T, A, B] bool
+        The agent acted in round ``t``.
+    may_decide, alive, dones : Tensor [T, B] bool
+        The verifier could decide; the episode was running; it ended in round ``t``.
+    """
+
+    pairs: GraphPairs
+    history: torch.Tensor
+    nodes: torch.Tensor
+    decisions: torch.Tensor
+    logp: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    active: torch.Tensor
+    may_decide: torch.Tensor
+    alive: torch.Tensor
+    dones: torch.Tensor
+    final_decision: torch.Tensor
+
+
+def _sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    probs = torch.softmax(logits, -1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def action_log_prob(
+    out: dict[str, torch.Tensor],
+    nodes: torch.Tensor,
+    decisions: torch.Tensor,
+    may_decide: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the log-probability and entropy of an agent's action.
+
+    The action is its message (if it has a node selector) and its decision (if it has a
+    decider and may decide).
+    """
+    logp = torch.zeros_like(out["value"])
+    entropy = torch.zeros_like(out["value"])
+    if "node_logits" in out:
+        dist = torch.distributions.Categorical(logits=out["node_logits"])
+        logp = logp + dist.log_prob(nodes)
+        entropy = entropy + dist.entropy()
+    if "decision_logits" in out:
+        dist = torch.distributions.Categorical(logits=out["decision_logits"])
+        logp = logp + dist.log_prob(decisions) * may_decide
+        entropy = entropy + dist.entropy() * may_decide
+    return logp, entropy
+
+
+class RlTrainer(Trainer):
+    """Base of the RL trainers: rollouts, advantages, metrics, checkpoints; subclasses update."""
+
+    hyper_params_cls = RlHyperParameters
+    hyper_params: RlHyperParameters
+
+    def _build(self) -> None:
+        handler = self.protocol_handler
+        self.env = ProtocolEnvironment(handler, self.device, self.hyper_params.message_size)
+        datasets = self.scenario_instance.datasets
+        self.train_pairs: GraphPairs = datasets["train"].to(self.device)
+        self.test_pairs: GraphPairs = datasets["test"].to(self.device)
+        sends = self.env.writes.any(1).tolist()
+        self.models = {
+            name: self.prepare_model(
+                PolicyValue(agent, sends[a], decides=name == handler.verifier_name)
+            )
+            for a, (name, agent) in enumerate(self.scenario_instance.agents.items())
+        }
+        self.optimizers = {
+            name: torch.optim.Adam(model.parameters(), lr=self.hyper_params.rl.lr)
+            for name, model in self.models.items()
+        }
+        rounds = self.env.num_rounds
+        self.episodes_per_rank = max(
+            self.hyper_params.rl.frames_per_batch // rounds // self.settings.world_size, 1
+        )
+
+    def _state_dict(self) -> dict[str, Any]:
+        return {
+            "models": {n: self.unwrap_model(m).state_dict() for n, m in self.models.items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+        }
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, model in self.models.items():
+            self.unwrap_model(model).load_state_dict(state["models"][name])
+            self.optimizers[name].load_state_dict(state["optimizers"][name])
+
+    def _apply_hyper_params(self) -> None:
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = self.hyper_params.rl.lr
+
+    # ---------------------------------------------------------------- rollouts
+
+    @torch.no_grad()
+    def collect(self, pairs: GraphPairs, generator: torch.Generator | None = None) -> Rollout:
+        """Roll out one episode per pair to the end, sampling every agent's actions."""
+        env, names = self.env, list(self.models)
+        adjacency, node_mask = pairs.adjacency.float(), pairs.node_mask
+        episodes = env.reset(pairs.y, node_mask.flatten(1), generator)
+        steps: dict[str, list[torch.Tensor]] = {k: [] for k in Rollout.__dataclass_fields__}
+        for _ in range(env.num_rounds):
+            active, may = env.active_mask(episodes).T, env.may_decide(episodes)
+            alive = ~episodes.done
+            history, nodes, logps, values = [], [], [], []
+            decisions = torch.full_like(pairs.y, CONTINUE)
+            for name in names:
+                seen = env.observe(episodes, name)
+                out = self.unwrap_model(self.models[name])(adjacency, node_mask, seen)
+                node = (
+                    _sample(out["node_logits"], generator)
+                    if "node_logits" in out
+                    else torch.zeros_like(pairs.y)
+                )
+                if "decision_logits" in out:
+                    only_continue = torch.full_like(out["decision_logits"], float("-inf"))
+                    only_continue[:, CONTINUE] = 0
+                    logits = torch.where(may[:, None], out["decision_logits"], only_continue)
+                    decisions = _sample(logits, generator)
+                logp, _ = action_log_prob(out, node, decisions, may)
+                history.append(seen)
+                nodes.append(node)
+                logps.append(logp)
+                values.append(out["value"])
+            episodes, rewards = env.step(episodes, torch.stack(nodes, 1), decisions)
+            for key, value in (
+                ("history", torch.stack(history)),
+                ("nodes", torch.stack(nodes)),
+                ("decisions", decisions),
+                ("logp", torch.stack(logps)),
+                ("values", torch.stack(values)),
+                ("rewards", rewards.T),
+                ("active", active),
+                ("may_decide", may),
+                ("alive", alive),
+                ("dones", episodes.done & alive),
+            ):
+                steps[key].append(value)
+        return Rollout(
+            pairs=pairs,
+            final_decision=episodes.decision,
+            **{k: torch.stack(v) for k, v in steps.items() if v},
+        )
+
+    def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE of every agent over every round: ``[T, A, B]`` advantages and returns."""
+        rl = self.hyper_params.rl
+        dones = rollout.dones[:, None].expand_as(rollout.rewards)
+        return gae(rollout.rewards, rollout.values, dones, rl.gamma, rl.lmbda)
+
+    def evaluate(self, rollout: Rollout, prefix: str = "") -> dict[str, float]:
+        """Episode metrics of a rollout, with the original project's names."""
+        alive = rollout.alive.float()
+        episode_rewards = rollout.rewards.sum(0)  # [A, B]
+        metrics = {
+            f"{prefix}mean_episode_length": alive.sum(0).mean().item(),
+            f"{prefix}mean_accuracy": (rollout.final_decision == rollout.pairs.y)
+            .float()
+            .mean()
+            .item(),
+        }
+        for a, name in enumerate(self.models):
+            metrics[f"{prefix}{name}_mean_episode_reward"] = episode_rewards[a].mean().item()
+            metrics[f"{prefix}{name}_mean_step_reward"] = (
+                rollout.rewards[:, a].sum() / alive.sum()
+            ).item()
+        return metrics
+
+    def test(self) -> dict[str, float]:
+        """``test_`` metrics: the test pairs rolled out ``rl.num_test_iterations`` times.
+
+        The test rollouts draw from their own generator (seeded by the iteration), so they
+        leave the training's random stream untouched.
+        """
+        generator = torch.Generator(self.device).manual_seed(self.iteration)
+        rounds = [
+            self.evaluate(self.collect(self.test_pairs, generator), "test_")
+            for _ in range(self.hyper_params.rl.num_test_iterations)
+        ]
+        return {key: sum(r[key] for r in rounds) / len(rounds) for key in rounds[0]}
+
+    # ---------------------------------------------------------------- the loop
+
+    @abstractmethod
+    def update(
+        self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor
+    ) -> dict[str, float]:
+        """Update every agent from one rollout; return loss metrics."""
+
+    def _step_agent(self, name: str, loss: torch.Tensor) -> None:
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            self.models[name].parameters(), self.hyper_params.rl.max_grad_norm
+        )
+        optimizer.step()
+
+    def _forward(self, name: str, rollout: Rollout, t: torch.Tensor, b: torch.Tensor) -> Any:
+        """The agent's outputs, with gradients, for the (round, episode) slots ``t, b``."""
+        a = list(self.models).index(name)
+        pairs = rollout.pairs
+        return self.models[name](
+            pairs.adjacency[b].float(), pairs.node_mask[b], rollout.history[t, a, b]
+        )
+
+    @attach_progress_bar(lambda self: self.hyper_params.num_iterations)
+    def train(self, progress) -> None:
+        """Roll out, estimate advantages, update; test and checkpoint every period."""
+        total = self.hyper_params.num_iterations
+        while self.iteration < total:
+            batch = torch.randint(len(self.train_pairs), (self.episodes_per_rank,))
+            rollout = self.collect(self.train_pairs[batch.to(self.device)])
+            advantages, returns = self.advantages(rollout)
+            losses = self.update(rollout, advantages, returns)
+            self.iteration += 1
+            self.record_metrics({**self.evaluate(rollout), **losses})
+            save = self.iteration % self.settings.checkpoint_period == 0
+            if save or self.iteration == total:
+                self.record_metrics(self.test())
+            progress.step()
+            if save or self.iteration == total:
+                self.save_checkpoint()

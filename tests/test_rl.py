@@ -1,0 +1,158 @@
+"""The RL trainers: GAE and the clipped loss by hand, rewards into returns, kill and resume."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+import torch
+import yaml
+from helpers.gated import GATE_ENV, make_gate, wait_for_gate
+from test_graph_isomorphism import TINY_AGENT, _final_models
+from test_local_runs import _cli, _run_cli
+
+from raytrainer import ExperimentSettings, load_hyper_params, run_local
+from raytrainer.checkpoint import list_checkpoints, read_checkpoint
+from raytrainer.protocols import CONTINUE, ProtocolEnvironment, build_protocol_handler
+from raytrainer.trainers import gae, ppo_clip_loss
+
+
+def tiny_rl_config(**extra) -> dict:
+    """PPO under nip (4 rounds) on 120 pairs: 64 frames an iteration, 10 iterations."""
+    return {
+        "trainer": "helpers.gated:GatedVanillaPpoTrainer",
+        "scenario": "graph_isomorphism",
+        "interaction_protocol": "nip",
+        "dataset": "tiny",
+        "dataset_options": {"num_pairs": 120, "seed": 1},
+        "test_size": 0.25,
+        "d_representation": 8,
+        "agents": {"_default": TINY_AGENT},
+        "nip_protocol": {"max_message_rounds": 4},
+        "rl": {
+            "frames_per_batch": 64,
+            "num_iterations": 10,
+            "num_epochs": 2,
+            "minibatch_size": 32,
+            "num_test_iterations": 1,
+        },
+        **extra,
+    }
+
+
+def test_gae_matches_a_hand_worked_episode():
+    # Three steps, the episode ends at the third; gamma 0.9, lambda 0.5.
+    rewards = torch.tensor([0.0, 0.5, 1.0])
+    values = torch.tensor([0.2, 0.4, 0.6])
+    dones = torch.tensor([False, False, True])
+    advantages, returns = gae(rewards, values, dones, gamma=0.9, lmbda=0.5)
+    d2 = 1.0 - 0.6  # no bootstrap past the end
+    d1 = 0.5 + 0.9 * 0.6 - 0.4
+    d0 = 0.0 + 0.9 * 0.4 - 0.2
+    a2, a1 = d2, d1 + 0.45 * d2
+    a0 = d0 + 0.45 * a1
+    assert advantages.tolist() == pytest.approx([a0, a1, a2])
+    assert returns.tolist() == pytest.approx([a0 + 0.2, a1 + 0.4, a2 + 0.6])
+    # A second episode starting after a done does not leak into the first.
+    two = gae(torch.tensor([1.0, 5.0]), torch.zeros(2), torch.tensor([True, True]), 0.9, 0.5)[0]
+    assert two.tolist() == [1.0, 5.0]
+
+
+def test_clipped_loss_has_no_gradient_outside_the_clip_range():
+    old = torch.zeros(4)
+    new = torch.log(torch.tensor([1.5, 0.5, 1.1, 0.5])).requires_grad_()
+    advantages = torch.tensor([1.0, -1.0, 1.0, 1.0])
+    ppo_clip_loss(new, old, advantages, clip_epsilon=0.2).sum().backward()
+    grad = new.grad.tolist()
+    assert grad[0] == 0 and grad[1] == 0  # ratio past 1+ε with A>0, below 1-ε with A<0
+    assert grad[2] == pytest.approx(-1.1)  # inside the range: -ρA
+    assert grad[3] == pytest.approx(-0.5)  # below 1-ε but A>0: the unclipped term is smaller
+
+
+@pytest.mark.parametrize(
+    ("protocol", "decision", "prover_returns"),
+    [
+        ("adp", 1, [0.9, 1.0]),  # accepted: the prover's reward reaches its message, discounted
+        ("adp", 0, [0.0, 0.0]),
+        ("merlin_arthur", 0, None),  # rejected: the drawn prover0 gains, prover1 does not
+    ],
+)
+def test_rewards_flow_into_the_right_agents_returns(protocol, decision, prover_returns):
+    hp = load_hyper_params({**tiny_rl_config(), "interaction_protocol": protocol})
+    env = ProtocolEnvironment(build_protocol_handler(hp))
+    episodes = env.reset(torch.tensor([1]), torch.ones(1, 4, dtype=torch.bool))
+    rewards = []
+    for decide in (CONTINUE, decision):
+        episodes, reward = env.step(
+            episodes,
+            torch.zeros(1, len(env.agent_names), dtype=torch.long),
+            torch.tensor([decide]),
+        )
+        rewards.append(reward[0])
+    rewards = torch.stack(rewards)  # [T, A]
+    dones = torch.tensor([[False], [True]]).expand_as(rewards)
+    _, returns = gae(rewards, torch.zeros_like(rewards), dones, gamma=0.9, lmbda=1.0)
+    verifier = env.agent_names.index("verifier")
+    assert returns[:, verifier].tolist() == pytest.approx(
+        [0.9 * (2 * decision - 1), 2 * decision - 1]
+    )
+    if prover_returns is not None:
+        assert returns[:, 0].tolist() == pytest.approx(prover_returns)
+    else:
+        speaker = int(episodes.speaker)
+        assert returns[0, 0] == pytest.approx(0.9) and returns[0, 1] == 0
+        assert speaker in (0, 1)  # whoever spoke, the reward follows the decision's side
+
+
+def test_ppo_killed_mid_run_resumes_bitwise(tmp_path):
+    config = tmp_path / "ppo.yaml"
+    config.write_text(yaml.safe_dump(tiny_rl_config()))
+    args = ["run", config, "--local", "--checkpoint-period", "3", "--no-progress"]
+    args += ["--data-root", tmp_path / "data"]  # one dataset cache for every run
+    code, _, err = _run_cli([*args, "--storage-path", tmp_path / "straight"], tmp_path)
+    assert code == 0, err
+
+    storage = tmp_path / "killed"
+    gate = make_gate(tmp_path / "gate", 6)
+    proc = _cli(
+        [*args, "--storage-path", storage],
+        tmp_path,
+        {GATE_ENV: gate},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert wait_for_gate(tmp_path / "gate") == (6, proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    (run_dir,) = storage.iterdir()
+    code, _, err = _run_cli([*args, "--storage-path", storage], tmp_path)
+    assert code == 0, err
+    assert f"resuming run {run_dir.name} from {run_dir / 'checkpoint_000006'}" in err
+    straight = _final_models(tmp_path / "straight" / run_dir.name)
+    resumed = _final_models(run_dir)
+    for agent in ("prover", "verifier"):
+        for key, value in straight[agent].items():
+            assert torch.equal(value, resumed[agent][key]), (agent, key)
+    final = read_checkpoint(list_checkpoints(run_dir)[-1])
+    assert final.iteration == 10
+    assert {"mean_accuracy", "test_mean_accuracy", "prover_mean_episode_reward"} <= set(
+        final.metadata["metrics"]
+    )
+
+
+def test_reinforce_runs_every_protocol_of_the_original(tmp_path):
+    for protocol in ("nip", "adp", "debate", "mnip", "merlin_arthur", "solo_verifier"):
+        hp = load_hyper_params(
+            tiny_rl_config(
+                trainer="reinforce",
+                interaction_protocol=protocol,
+                debate_protocol={"max_message_rounds": 4},
+                mnip_protocol={"max_message_rounds": 4},
+                rl={"frames_per_batch": 32, "num_iterations": 2, "num_test_iterations": 1},
+                reinforce={"use_advantage_and_critic": protocol == "nip"},
+            )
+        )
+        settings = ExperimentSettings(storage_path=str(tmp_path), checkpoint_period=2)
+        result = run_local(hp, settings)
+        assert result.iteration == 2 and 0 <= result.metrics["test_mean_accuracy"] <= 1, protocol
