@@ -7,6 +7,8 @@ identical across runners), ``make_sampler`` gives this rank its slice of the glo
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -32,12 +34,18 @@ class DataParallelMixin:
             self.settings.world_size,
         )
 
-    def prepare_model(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Move a module to the device, wrapped for data parallelism when there are workers."""
+    def prepare_model(self, module: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module:
+        """Move a module to the device, wrapped for data parallelism when there are workers.
+
+        ``ddp_kwargs`` go to ``DistributedDataParallel`` (``find_unused_parameters=True`` for
+        a module whose steps each use only some of its heads).
+        """
         module = module.to(self.device)
         if self.settings.world_size > 1 and dist.is_available() and dist.is_initialized():
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            module = torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+            module = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=device_ids, **ddp_kwargs
+            )
         return module
 
     @staticmethod

@@ -15,6 +15,7 @@ from test_local_runs import _cli, _run_cli
 from raytrainer import ExperimentSettings, load_hyper_params, run_local
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
 from raytrainer.protocols import CONTINUE, ProtocolEnvironment, build_protocol_handler
+from raytrainer.scenario import build_scenario_instance
 from raytrainer.trainers import gae, ppo_clip_loss
 
 
@@ -156,3 +157,29 @@ def test_reinforce_runs_every_protocol_of_the_original(tmp_path):
         settings = ExperimentSettings(storage_path=str(tmp_path), checkpoint_period=2)
         result = run_local(hp, settings)
         assert result.iteration == 2 and 0 <= result.metrics["test_mean_accuracy"] <= 1, protocol
+
+
+def test_pretrain_agents_runs_solo_agent_steps_first(tmp_path):
+    rl = {"frames_per_batch": 32, "num_iterations": 3, "num_test_iterations": 1}
+    solo = {"num_epochs": 1, "batch_size": 16}  # 90 training pairs: 5 steps
+    runs = {}
+    for pretrain in (True, False):
+        hp = load_hyper_params(
+            tiny_rl_config(trainer="vanilla_ppo", rl=rl, solo_agent=solo, pretrain_agents=pretrain)
+        )
+        assert hp.num_iterations == 3 + 5 * pretrain
+        settings = ExperimentSettings(storage_path=str(tmp_path / str(pretrain)))
+        runs[pretrain] = run_local(hp, settings)
+    assert runs[True].iteration == 8 and "pretrain_verifier_accuracy" in runs[True].metrics
+    assert "pretrain_verifier_accuracy" not in runs[False].metrics
+    # RL never touches the solo head: it moved only where the agents were pretrained.
+    heads = {
+        pretrain: _final_models(tmp_path / str(pretrain) / result.run_id)["prover"]
+        for pretrain, result in runs.items()
+    }
+    hp = load_hyper_params(tiny_rl_config(trainer="vanilla_ppo"))
+    initial = build_scenario_instance(hp, ExperimentSettings(storage_path=str(tmp_path / "x")))
+    init = initial.agents["prover"].state_dict()
+    key = "solo_head.2.weight"
+    assert torch.equal(heads[False][key], init[key])
+    assert not torch.equal(heads[True][key], init[key])

@@ -73,6 +73,11 @@ class NipHyperParameters(HyperParameters):
     test_size: float = Field(0.2, gt=0, lt=1, description="Share of pairs held out for test.")
     d_representation: PositiveInt = Field(16, description="Width of every agent's output.")
     message_size: PositiveInt = Field(1, description="Nodes per message.")
+    pretrain_agents: bool = Field(
+        False,
+        description="RL trainers: train every agent with solo_agent first (its section sets "
+        "how long), as the run's first iterations.",
+    )
     num_iterations: PositiveInt | None = Field(  # type: ignore[assignment]
         None, description="Training iterations; default: from the trainer's own section."
     )
@@ -101,6 +106,14 @@ class NipHyperParameters(HyperParameters):
         """The run's length when ``num_iterations`` is not given; trainer subclasses say."""
         raise ValueError("num_iterations is required for this trainer")
 
+    def steps_per_epoch(self) -> int:
+        """Full ``solo_agent.batch_size`` batches per pass over the training pairs."""
+        return max(self.num_train_pairs() // self.solo_agent.batch_size, 1)
+
+    def solo_steps(self) -> int:
+        """``solo_agent.num_epochs`` × steps per epoch."""
+        return self.solo_agent.num_epochs * self.steps_per_epoch()
+
 
 class SoloAgentHyperParameters(NipHyperParameters):
     """``solo_agent``'s tree: an iteration is one optimiser step on one global batch.
@@ -121,22 +134,23 @@ class SoloAgentHyperParameters(NipHyperParameters):
             self.batch_size = section
         return self
 
-    def steps_per_epoch(self) -> int:
-        """Full global batches per pass over the training pairs."""
-        return max(self.num_train_pairs() // self.solo_agent.batch_size, 1)
-
     def derived_num_iterations(self) -> int:
         """``solo_agent.num_epochs`` × steps per epoch."""
-        return self.solo_agent.num_epochs * self.steps_per_epoch()
+        return self.solo_steps()
 
 
 class RlHyperParameters(NipHyperParameters):
     """The RL trainers' tree.
 
     An iteration is one rollout of ``rl.frames_per_batch`` steps and its update;
-    ``num_iterations`` defaults to ``rl.num_iterations``.
+    ``num_iterations`` defaults to ``rl.num_iterations``, after the ``solo_agent`` steps of
+    ``pretrain_agents``.
     """
 
+    def pretrain_steps(self) -> int:
+        """The run's first iterations, supervised, when ``pretrain_agents``."""
+        return self.solo_steps() if self.pretrain_agents else 0
+
     def derived_num_iterations(self) -> int:
-        """``rl.num_iterations``."""
-        return self.rl.num_iterations
+        """``rl.num_iterations`` plus the pretraining steps."""
+        return self.rl.num_iterations + self.pretrain_steps()

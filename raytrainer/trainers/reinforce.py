@@ -39,7 +39,12 @@ class ReinforceTrainer(RlTrainer):
         for a, name in enumerate(self.models):
             out = self._forward(name, rollout, t, b)
             logp, _ = action_log_prob(
-                out, rollout.nodes[t, a, b], rollout.decisions[t, b], rollout.may_decide[t, b]
+                out,
+                rollout.nodes[t, a, b],
+                rollout.decisions[t, b],
+                rollout.may_decide[t, b],
+                self.sends[name],
+                self.decides[name],
             )
             policy_loss = masked_mean(-logp * advantages[t, a, b], rollout.active[t, a, b])
             loss = policy_loss

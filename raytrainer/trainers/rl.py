@@ -11,7 +11,8 @@ Every round is a time step for every agent: an agent's policy terms count only i
 it acts (``active``), its value is trained on every round of a live episode (``alive``), and
 rewards reach each agent in the round they are given (a prover's when the verifier decides).
 Each rank rolls out its share of ``rl.frames_per_batch`` (``frames / max_message_rounds``
-episodes); under Ray the update's gradients are averaged by DDP.
+episodes); under Ray the update's gradients are averaged by DDP. With ``pretrain_agents`` the
+run's first iterations are ``solo_agent`` steps (checkpointed like the rest).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from typing import Any
 
 import torch
 
+from raytrainer.data import ShardedBatchSampler
 from raytrainer.progress import attach_progress_bar
 from raytrainer.protocols import CONTINUE, ProtocolEnvironment
-from raytrainer.scenarios.graph_isomorphism import GraphPairs, PolicyValue
+from raytrainer.scenarios.graph_isomorphism import GraphPairs
 from raytrainer.trainer import Trainer
 from raytrainer.trainers.params import RlHyperParameters
+from raytrainer.trainers.solo_agent import solo_step
 
 
 # ALGO LOGIC: generalised advantage estimation ---------------------------------------------
@@ -108,19 +111,21 @@ def action_log_prob(
     nodes: torch.Tensor,
     decisions: torch.Tensor,
     may_decide: torch.Tensor,
+    sends: bool,
+    decides: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the log-probability and entropy of an agent's action.
 
-    The action is its message (if it has a node selector) and its decision (if it has a
-    decider and may decide).
+    The action is its message (if the protocol lets it send one) and its decision (if it is
+    the verifier and may decide).
     """
     logp = torch.zeros_like(out["value"])
     entropy = torch.zeros_like(out["value"])
-    if "node_logits" in out:
+    if sends:
         dist = torch.distributions.Categorical(logits=out["node_logits"])
         logp = logp + dist.log_prob(nodes)
         entropy = entropy + dist.entropy()
-    if "decision_logits" in out:
+    if decides:
         dist = torch.distributions.Categorical(logits=out["decision_logits"])
         logp = logp + dist.log_prob(decisions) * may_decide
         entropy = entropy + dist.entropy() * may_decide
@@ -139,32 +144,57 @@ class RlTrainer(Trainer):
         datasets = self.scenario_instance.datasets
         self.train_pairs: GraphPairs = datasets["train"].to(self.device)
         self.test_pairs: GraphPairs = datasets["test"].to(self.device)
-        sends = self.env.writes.any(1).tolist()
+        agents = self.scenario_instance.agents
+        self.sends = dict(zip(agents, self.env.writes.any(1).tolist(), strict=True))
+        self.decides = {name: name == handler.verifier_name for name in agents}
+        # A step uses some heads only (the solo head in pretraining, the policy heads in RL).
         self.models = {
-            name: self.prepare_model(
-                PolicyValue(agent, sends[a], decides=name == handler.verifier_name)
-            )
-            for a, (name, agent) in enumerate(self.scenario_instance.agents.items())
+            name: self.prepare_model(agent, find_unused_parameters=True)
+            for name, agent in agents.items()
         }
         self.optimizers = {
             name: torch.optim.Adam(model.parameters(), lr=self.hyper_params.rl.lr)
             for name, model in self.models.items()
         }
+        self.pretrain_steps = self.hyper_params.pretrain_steps()
+        if self.pretrain_steps:
+            solo = self.hyper_params.solo_agent
+            self.solo_sampler = ShardedBatchSampler(
+                len(self.train_pairs),
+                solo.batch_size,
+                self.hyper_params.seed,
+                self.settings.world_rank,
+                self.settings.world_size,
+            )
+            self.solo_optimizers = {
+                name: torch.optim.Adam(model.parameters(), lr=solo.learning_rate)
+                for name, model in self.models.items()
+            }
         rounds = self.env.num_rounds
         self.episodes_per_rank = max(
             self.hyper_params.rl.frames_per_batch // rounds // self.settings.world_size, 1
         )
 
     def _state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "models": {n: self.unwrap_model(m).state_dict() for n, m in self.models.items()},
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
         }
+        if self.pretrain_steps:
+            state["pretraining"] = {
+                "sampler": self.solo_sampler.state_dict(),
+                "optimizers": {n: o.state_dict() for n, o in self.solo_optimizers.items()},
+            }
+        return state
 
     def _load_state_dict(self, state: dict[str, Any]) -> None:
         for name, model in self.models.items():
             self.unwrap_model(model).load_state_dict(state["models"][name])
             self.optimizers[name].load_state_dict(state["optimizers"][name])
+        if self.pretrain_steps:
+            self.solo_sampler.load_state_dict(state["pretraining"]["sampler"])
+            for name, optimizer in self.solo_optimizers.items():
+                optimizer.load_state_dict(state["pretraining"]["optimizers"][name])
 
     def _apply_hyper_params(self) -> None:
         for optimizer in self.optimizers.values():
@@ -190,15 +220,17 @@ class RlTrainer(Trainer):
                 out = self.unwrap_model(self.models[name])(adjacency, node_mask, seen)
                 node = (
                     _sample(out["node_logits"], generator)
-                    if "node_logits" in out
+                    if self.sends[name]
                     else torch.zeros_like(pairs.y)
                 )
-                if "decision_logits" in out:
+                if self.decides[name]:
                     only_continue = torch.full_like(out["decision_logits"], float("-inf"))
                     only_continue[:, CONTINUE] = 0
                     logits = torch.where(may[:, None], out["decision_logits"], only_continue)
                     decisions = _sample(logits, generator)
-                logp, _ = action_log_prob(out, node, decisions, may)
+                logp, _ = action_log_prob(
+                    out, node, decisions, may, self.sends[name], self.decides[name]
+                )
                 history.append(seen)
                 nodes.append(node)
                 logps.append(logp)
@@ -287,15 +319,24 @@ class RlTrainer(Trainer):
 
     @attach_progress_bar(lambda self: self.hyper_params.num_iterations)
     def train(self, progress) -> None:
-        """Roll out, estimate advantages, update; test and checkpoint every period."""
+        """Train to ``num_iterations``: pretraining steps first, then RL iterations.
+
+        With ``pretrain_agents`` the first iterations are supervised steps; then each rolls
+        out, estimates advantages and updates. Tests and checkpoints every period.
+        """
         total = self.hyper_params.num_iterations
         while self.iteration < total:
-            batch = torch.randint(len(self.train_pairs), (self.episodes_per_rank,))
-            rollout = self.collect(self.train_pairs[batch.to(self.device)])
-            advantages, returns = self.advantages(rollout)
-            losses = self.update(rollout, advantages, returns)
+            if self.iteration < self.pretrain_steps:  # supervised, as solo_agent does
+                pairs = self.train_pairs[self.solo_sampler.next_batch()]
+                metrics = solo_step(self.models, self.solo_optimizers, pairs)
+                self.record_metrics({f"pretrain_{k}": v for k, v in metrics.items()})
+            else:
+                batch = torch.randint(len(self.train_pairs), (self.episodes_per_rank,))
+                rollout = self.collect(self.train_pairs[batch.to(self.device)])
+                advantages, returns = self.advantages(rollout)
+                losses = self.update(rollout, advantages, returns)
+                self.record_metrics({**self.evaluate(rollout), **losses})
             self.iteration += 1
-            self.record_metrics({**self.evaluate(rollout), **losses})
             save = self.iteration % self.settings.checkpoint_period == 0
             if save or self.iteration == total:
                 self.record_metrics(self.test())

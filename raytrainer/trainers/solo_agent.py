@@ -11,6 +11,7 @@ every checkpoint, and at the end also per WL score.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,6 +21,32 @@ from raytrainer.progress import attach_progress_bar
 from raytrainer.scenarios.graph_isomorphism import GraphPairs, SoloClassifier
 from raytrainer.trainer import Trainer, register_trainer
 from raytrainer.trainers.params import SoloAgentHyperParameters
+
+
+# ALGO LOGIC: one supervised step ----------------------------------------------------------
+def solo_step(
+    models: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    pairs: GraphPairs,
+) -> dict[str, float]:
+    """One Adam step of every agent's body and solo head on ``pairs``; return its metrics.
+
+    ``models`` map agent names to modules returning ``[B, 2]`` logits (a
+    :class:`SoloClassifier`), or dicts holding them as ``solo_logits`` (a whole agent).
+    """
+    adjacency, node_mask = pairs.adjacency.float(), pairs.node_mask
+    metrics = {}
+    for name, model in models.items():
+        model.train()
+        logits = model(adjacency, node_mask)
+        logits = logits["solo_logits"] if isinstance(logits, dict) else logits
+        loss = nn.functional.cross_entropy(logits, pairs.y)
+        optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[name].step()
+        metrics[f"{name}_loss"] = loss.item()
+        metrics[f"{name}_accuracy"] = (logits.argmax(-1) == pairs.y).float().mean().item()
+    return metrics
 
 
 @register_trainer("solo_agent")
@@ -66,16 +93,7 @@ class SoloAgentTrainer(Trainer):
     def training_step(self) -> None:
         """One Adam step of every agent on this rank's share of the next global batch."""
         pairs = self.train_pairs[self.sampler.next_batch()]
-        adjacency, node_mask = pairs.adjacency.float(), pairs.node_mask
-        for name, model in self.models.items():
-            model.train()
-            logits = model(adjacency, node_mask)
-            loss = nn.functional.cross_entropy(logits, pairs.y)
-            self.optimizers[name].zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizers[name].step()
-            accuracy = (logits.argmax(-1) == pairs.y).float().mean()
-            self.record_metrics({f"{name}_loss": loss.item(), f"{name}_accuracy": accuracy})
+        self.record_metrics(solo_step(self.models, self.optimizers, pairs))
         self.iteration += 1
 
     @torch.no_grad()

@@ -58,6 +58,8 @@ class VanillaPpoTrainer(RlTrainer):
                         rollout.nodes[t, a, b],
                         rollout.decisions[t, b],
                         rollout.may_decide[t, b],
+                        self.sends[name],
+                        self.decides[name],
                     )
                     acts, alive = rollout.active[t, a, b], rollout.alive[t, b]
                     adv = advantages[t, a, b]

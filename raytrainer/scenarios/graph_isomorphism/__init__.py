@@ -18,7 +18,6 @@ from raytrainer.scenario import ScenarioInstance, register_scenario
 from raytrainer.scenarios.graph_isomorphism.agents import (
     GraphIsomorphismAgent,
     GraphIsomorphismAgentParameters,
-    PolicyValue,
     SoloClassifier,
 )
 from raytrainer.scenarios.graph_isomorphism.data import (
@@ -75,7 +74,6 @@ __all__ = [
     "GraphIsomorphismAgent",
     "GraphIsomorphismAgentParameters",
     "GraphPairs",
-    "PolicyValue",
     "SoloClassifier",
     "build_graph_isomorphism_scenario",
     "load_or_generate",

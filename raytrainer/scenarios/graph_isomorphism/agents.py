@@ -178,7 +178,10 @@ class GraphIsomorphismAgent(nn.Module):
         self.solo_head = _mlp(d_representation, params.d_decider, 2)
 
     def forward(
-        self, adjacency: torch.Tensor, node_mask: torch.Tensor, history: torch.Tensor | None
+        self,
+        adjacency: torch.Tensor,
+        node_mask: torch.Tensor,
+        history: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return every head's output.
 
@@ -208,40 +211,3 @@ class SoloClassifier(nn.Module):
         """Return ``[B, 2]`` logits: not isomorphic / isomorphic."""
         representation, _ = self.body(adjacency, node_mask, None)
         return self.solo_head(representation)
-
-
-class PolicyValue(nn.Module):
-    """The parts of an agent RL trains (and wraps in DDP).
-
-    The body, the value head, and the policy heads the protocol uses: the node selector if the
-    agent sends messages, the decider if it decides.
-
-    Parameters
-    ----------
-    agent : GraphIsomorphismAgent
-        The agent whose modules are shared (not copied).
-    sends_messages, decides : bool
-        Which policy heads the protocol gives the agent.
-    """
-
-    def __init__(self, agent: GraphIsomorphismAgent, sends_messages: bool, decides: bool) -> None:
-        super().__init__()
-        self.body = agent.body
-        self.value = agent.value
-        self.node_selector = agent.node_selector if sends_messages else None
-        self.decider = agent.decider if decides else None
-
-    def forward(
-        self, adjacency: torch.Tensor, node_mask: torch.Tensor, history: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Return ``value`` [B], and ``node_logits`` [B, 2N] / ``decision_logits`` [B, 3].
-
-        Only the policy heads the agent has are in the output.
-        """
-        representation, nodes = self.body(adjacency, node_mask, history)
-        out = {"value": self.value(representation).squeeze(-1)}
-        if self.node_selector is not None:
-            out["node_logits"] = select_nodes(self.node_selector, representation, nodes, node_mask)
-        if self.decider is not None:
-            out["decision_logits"] = self.decider(representation)
-        return out
