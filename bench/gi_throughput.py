@@ -5,15 +5,19 @@ Prints, from one run of this script:
   one round of one episode), with the agents' forward passes and without;
 - ``solo_agent`` training samples per second under ``run_local`` (progress bar, live metrics,
   a checkpoint every 100 iterations) vs. the same training steps called directly on a trainer
-  built the same way, and their ratio.
+  built the same way, and their ratio;
+- ``vanilla_ppo`` (nip, 1,024 frames an iteration) frames per second the same two ways, and the
+  split of an iteration into rollout, update (GAE included) and checkpoint.
 
 Medians over interleaved repeats. Usage:
 python bench/gi_throughput.py [--repeats 3] [--iterations 200] [--episodes 1024]
+    [--ppo-iterations 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -23,7 +27,7 @@ import torch
 from raytrainer import ExperimentSettings, build_trainer, load_hyper_params, run_local
 from raytrainer.protocols import ProtocolEnvironment
 from raytrainer.scenario import build_scenario_instance
-from raytrainer.trainers import SoloAgentTrainer
+from raytrainer.trainers import SoloAgentTrainer, VanillaPpoTrainer
 
 TRAIN_SECONDS: list[float] = []
 AGENTS = {
@@ -108,11 +112,84 @@ def raytrainer_samples_per_second(storage: str, iterations: int, repeat: int) ->
     return iterations * hp.batch_size / TRAIN_SECONDS[-1]
 
 
+def ppo_config(iterations: int) -> dict:
+    return {
+        **config(iterations),
+        "trainer": "vanilla_ppo",
+        "num_iterations": iterations,
+        "rl": {"frames_per_batch": 1024, "num_epochs": 4, "minibatch_size": 256},
+    }
+
+
+def direct_ppo(storage: str, iterations: int) -> tuple[float, dict[str, float]]:
+    """PPO iterations called directly; frames/s and seconds per iteration in each part."""
+    hp = load_hyper_params(ppo_config(iterations))
+    settings = ExperimentSettings(
+        storage_path=storage, data_root=os.path.dirname(storage), wandb_mode="disabled"
+    )
+    trainer = build_trainer(hp, settings)
+    assert isinstance(trainer, VanillaPpoTrainer)
+    parts = {"rollout": 0.0, "update": 0.0, "checkpoint": 0.0}
+    frames = 0
+    for _ in range(iterations):
+        start = time.perf_counter()
+        batch = torch.randint(len(trainer.train_pairs), (trainer.episodes_per_rank,))
+        rollout = trainer.collect(trainer.train_pairs[batch])
+        middle = time.perf_counter()
+        trainer.update(rollout, *trainer.advantages(rollout))
+        trainer.iteration += 1
+        end = time.perf_counter()
+        trainer.save_checkpoint(log=False)
+        parts["rollout"] += middle - start
+        parts["update"] += end - middle
+        parts["checkpoint"] += time.perf_counter() - end
+        frames += int(rollout.alive.sum())
+    trainer.close()
+    return frames / (parts["rollout"] + parts["update"]), {
+        k: v / iterations for k, v in parts.items()
+    }
+
+
+class TimedPpoTrainer(VanillaPpoTrainer):
+    """``vanilla_ppo``, timing its ``train()`` and counting the frames it rolls out."""
+
+    frames = 0
+
+    def collect(self, pairs, generator=None):  # noqa: ANN001, ANN201
+        rollout = super().collect(pairs, generator)
+        if generator is None:  # training rollouts, not test ones
+            TimedPpoTrainer.frames += int(rollout.alive.sum())
+        return rollout
+
+    def test(self) -> dict[str, float]:
+        return {}  # the direct loop runs no test rollouts either
+
+    def train(self) -> None:
+        start = time.perf_counter()
+        super().train()
+        TRAIN_SECONDS.append(time.perf_counter() - start)
+
+
+def raytrainer_ppo(storage: str, iterations: int) -> float:
+    """``run_local`` of the same PPO config, a checkpoint every 10 iterations: frames/s."""
+    TimedPpoTrainer.frames = 0
+    hp = load_hyper_params({**ppo_config(iterations), "trainer": "__main__:TimedPpoTrainer"})
+    settings = ExperimentSettings(
+        storage_path=storage,
+        data_root=os.path.dirname(storage),
+        wandb_mode="disabled",
+        checkpoint_period=10,
+    )
+    run_local(hp, settings)
+    return TimedPpoTrainer.frames / TRAIN_SECONDS[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--episodes", type=int, default=1024)
+    parser.add_argument("--ppo-iterations", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         rollout_steps_per_second(root, 8, False)  # generates the dataset once
@@ -130,6 +207,23 @@ def main() -> None:
         print(f"  called directly       {d:>12,.0f} samples/s")
         print(f"  raytrainer run_local  {r:>12,.0f} samples/s")
         print(f"  ratio raytrainer/direct {r / d:.3f}")
+        direct_fps, runner_fps, splits = [], [], []
+        for repeat in range(args.repeats):
+            fps, split = direct_ppo(f"{root}/ppo-direct{repeat}", args.ppo_iterations)
+            direct_fps.append(fps)
+            splits.append(split)
+            runner_fps.append(raytrainer_ppo(f"{root}/ppo-runs{repeat}", args.ppo_iterations))
+        d, r = statistics.median(direct_fps), statistics.median(runner_fps)
+        split = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
+        print(f"vanilla_ppo (nip), {args.ppo_iterations} iterations of 1,024 frames:")
+        print(f"  called directly       {d:>12,.0f} frames/s")
+        print(f"  raytrainer run_local  {r:>12,.0f} frames/s")
+        print(f"  ratio raytrainer/direct {r / d:.3f}")
+        print(
+            "  one iteration: "
+            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in split.items())
+            + " (checkpoint: every iteration here; every 10 under run_local)"
+        )
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import threading
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from helpers.gated import GATE_ENV, make_gate, wait_for_gate
 from test_graph_isomorphism import TINY_AGENT, _final_models
 from test_local_runs import _cli, _run_cli
 
-from raytrainer import ExperimentSettings, load_hyper_params, run_local
+from raytrainer import ExperimentSettings, Scaling, load_hyper_params, run, run_local
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
 from raytrainer.protocols import CONTINUE, ProtocolEnvironment, build_protocol_handler
 from raytrainer.scenario import build_scenario_instance
@@ -183,3 +185,41 @@ def test_pretrain_agents_runs_solo_agent_steps_first(tmp_path):
     key = "solo_head.2.weight"
     assert torch.equal(heads[False][key], init[key])
     assert not torch.equal(heads[True][key], init[key])
+
+
+@pytest.mark.timeout(600)
+def test_ppo_on_two_ray_workers_resumes_a_killed_worker_bitwise(ray_cluster, tmp_path):
+    hp = load_hyper_params(tiny_rl_config())
+
+    def settings(folder, **kw):
+        return ExperimentSettings(
+            storage_path=str(tmp_path / folder),
+            data_root=str(tmp_path / "data"),
+            checkpoint_period=3,
+            progress_bar_factory=None,
+            **kw,
+        )
+
+    reference = run(hp, settings("reference"), Scaling(num_workers=2))
+    gate = make_gate(tmp_path / "gate", 6)
+    killed = []
+
+    def kill_at_gate():
+        iteration, pid = wait_for_gate(tmp_path / "gate")
+        os.kill(pid, signal.SIGKILL)  # rank 0's worker process, right after checkpoint 6
+        killed.append(iteration)
+
+    killer = threading.Thread(target=kill_at_gate, daemon=True)
+    killer.start()
+    result = run(
+        hp, settings("killed", max_failures=1, worker_env={GATE_ENV: gate}), Scaling(num_workers=2)
+    )
+    killer.join(timeout=5)
+    assert killed == [6] and result.iteration == reference.iteration == 10
+    final = read_checkpoint(list_checkpoints(tmp_path / "killed" / result.run_id)[-1])
+    assert final.metadata["world_size"] == 2
+    assert final.metadata["restored_from"]["iteration"] == 6  # resumed, not started over
+    straight = _final_models(tmp_path / "reference" / reference.run_id)
+    for agent in ("prover", "verifier"):
+        for key, value in straight[agent].items():
+            assert torch.equal(value, final.state["models"][agent][key]), (agent, key)

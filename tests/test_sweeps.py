@@ -154,7 +154,9 @@ def test_pbt_exploits_and_the_mutated_value_is_what_the_optimizer_uses(
         tmp_path,
         tiny_config,
         name="pbt",
-        iterations=100,
+        # Long enough that all four overlap however staggered their start-ups are (a busy
+        # machine starts them seconds apart; 100 iterations once ended before the last began).
+        iterations=300,
         num_samples=4,
         # All four alive at once (PBT only exploits trials that are still running): half a CPU
         # each on the 2-CPU test cluster.
