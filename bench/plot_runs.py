@@ -40,11 +40,11 @@ def main() -> None:
     args = parser.parse_args()
     fig, axes = plt.subplots(1, len(args.metric), figsize=(5 * len(args.metric), 3.6))
     for ax, metric in zip([axes] if len(args.metric) == 1 else axes, args.metric, strict=True):
-        for run in args.runs:
+        for index, run in enumerate(args.runs):  # one colour per run in every panel
             folder, _, label = run.partition("=")
             xs, ys = curve(Path(folder), metric)
             if xs:
-                ax.plot(xs, ys, label=label or Path(folder).name)
+                ax.plot(xs, ys, color=f"C{index}", label=label or Path(folder).name)
         ax.set_xlabel("iteration")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
