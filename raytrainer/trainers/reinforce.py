@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from raytrainer.trainer import register_trainer
-from raytrainer.trainers.rl import RlTrainer, Rollout, action_log_prob, gae
+from raytrainer.trainers.rl import RlTrainer, Rollout, gae
 from raytrainer.trainers.vanilla_ppo import masked_mean
 
 
@@ -37,15 +37,7 @@ class ReinforceTrainer(RlTrainer):
         b = torch.arange(num_episodes, device=self.device).repeat(num_rounds)
         metrics = {}
         for a, name in enumerate(self.models):
-            out = self._forward(name, rollout, t, b)
-            logp, _ = action_log_prob(
-                out,
-                rollout.nodes[t, a, b],
-                rollout.decisions[t, b],
-                rollout.may_decide[t, b],
-                self.sends[name],
-                self.decides[name],
-            )
+            out, logp, _ = self._policy(name, rollout, t, b)
             policy_loss = masked_mean(-logp * advantages[t, a, b], rollout.active[t, a, b])
             loss = policy_loss
             if with_critic:

@@ -309,13 +309,27 @@ class RlTrainer(Trainer):
         )
         optimizer.step()
 
-    def _forward(self, name: str, rollout: Rollout, t: torch.Tensor, b: torch.Tensor) -> Any:
-        """The agent's outputs, with gradients, for the (round, episode) slots ``t, b``."""
+    def _policy(
+        self, name: str, rollout: Rollout, t: torch.Tensor, b: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Re-run agent ``name`` on the (round, episode) slots ``t, b``, with gradients.
+
+        Returns its outputs and the log-probability and entropy of the actions it took there.
+        """
         a = list(self.models).index(name)
         pairs = rollout.pairs
-        return self.models[name](
+        out = self.models[name](
             pairs.adjacency[b].float(), pairs.node_mask[b], rollout.history[t, a, b]
         )
+        logp, entropy = action_log_prob(
+            out,
+            rollout.nodes[t, a, b],
+            rollout.decisions[t, b],
+            rollout.may_decide[t, b],
+            self.sends[name],
+            self.decides[name],
+        )
+        return out, logp, entropy
 
     @attach_progress_bar(lambda self: self.hyper_params.num_iterations)
     def train(self, progress) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from raytrainer.trainer import register_trainer
-from raytrainer.trainers.rl import RlTrainer, Rollout, action_log_prob
+from raytrainer.trainers.rl import RlTrainer, Rollout
 
 
 # ALGO LOGIC: the clipped surrogate ---------------------------------------------------------
@@ -52,15 +52,7 @@ class VanillaPpoTrainer(RlTrainer):
                 index = order[start : start + minibatch]
                 t, b = index // num_episodes, index % num_episodes
                 for a, name in enumerate(self.models):
-                    out = self._forward(name, rollout, t, b)
-                    new_logp, entropy = action_log_prob(
-                        out,
-                        rollout.nodes[t, a, b],
-                        rollout.decisions[t, b],
-                        rollout.may_decide[t, b],
-                        self.sends[name],
-                        self.decides[name],
-                    )
+                    out, new_logp, entropy = self._policy(name, rollout, t, b)
                     acts, alive = rollout.active[t, a, b], rollout.alive[t, b]
                     adv = advantages[t, a, b]
                     if ppo.normalize_advantage:
