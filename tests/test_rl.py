@@ -14,7 +14,7 @@ from helpers.gated import GATE_ENV, make_gate, wait_for_gate
 from test_graph_isomorphism import TINY_AGENT, _final_models
 from test_local_runs import _cli, _run_cli
 
-from raytrainer import ExperimentSettings, Scaling, load_hyper_params, run, run_local
+from raytrainer import ConfigError, ExperimentSettings, Scaling, load_hyper_params, run, run_local
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
 from raytrainer.protocols import CONTINUE, ProtocolEnvironment, build_protocol_handler
 from raytrainer.scenario import build_scenario_instance
@@ -223,3 +223,10 @@ def test_ppo_on_two_ray_workers_resumes_a_killed_worker_bitwise(ray_cluster, tmp
     for agent in ("prover", "verifier"):
         for key, value in straight[agent].items():
             assert torch.equal(value, final.state["models"][agent][key]), (agent, key)
+
+
+def test_rl_trainers_refuse_what_they_do_not_build():
+    with pytest.raises(ConfigError, match="message_size=2: the RL trainers send one node"):
+        load_hyper_params(tiny_rl_config(message_size=2))
+    with pytest.raises(ConfigError, match="ppo.loss_type: Input should be 'clip'"):
+        load_hyper_params(tiny_rl_config(ppo={"loss_type": "kl_penalty"}))

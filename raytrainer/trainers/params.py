@@ -147,6 +147,15 @@ class RlHyperParameters(NipHyperParameters):
     ``pretrain_agents``.
     """
 
+    @model_validator(mode="after")
+    def _one_node_per_message(self) -> RlHyperParameters:
+        if self.message_size != 1:
+            raise ValueError(
+                f"message_size={self.message_size}: the RL trainers send one node per message "
+                "(the environment takes more; the policies do not yet)"
+            )
+        return self
+
     def pretrain_steps(self) -> int:
         """The run's first iterations, supervised, when ``pretrain_agents``."""
         return self.solo_steps() if self.pretrain_agents else 0
