@@ -155,9 +155,13 @@ def test_metrics_are_logged_live_every_log_period(tmp_path, tiny_config, monkeyp
         checkpoint_period=100,
         log_period=10,
         wandb_mode="offline",
+        # The mirror's thread runs at a lower priority: on a loaded machine it may need more
+        # than the default two minutes to write 100 rows and 10 checkpoints.
+        wandb_flush_timeout=900.0,
         progress_bar_factory=_Bar,
     )
     result = run_local(hp, settings)
+    assert result.unmirrored == []  # else the rows below stop where the flush gave up
     records = [r for p in (tmp_path / "wandb").rglob("run-*.wandb") for r in read_records(p)]
     rows = [
         {
