@@ -133,10 +133,12 @@ def direct_ppo(storage: str, iterations: int) -> tuple[float, dict[str, float]]:
     frames = 0
     for _ in range(iterations):
         start = time.perf_counter()
-        batch = torch.randint(len(trainer.train_pairs), (trainer.episodes_per_rank,))
-        rollout = trainer.collect(trainer.train_pairs[batch])
+        draws = trainer.draws(0, trainer.episodes_per_batch)
+        pairs = trainer.train_pairs[draws.integers(len(trainer.train_pairs))]
+        rollout = trainer.collect(pairs, draws)
         middle = time.perf_counter()
-        trainer.update(rollout, *trainer.advantages(rollout))
+        trainer.update(rollout, *trainer.advantages(rollout), draws)
+        trainer.evaluate(rollout)  # the metrics train() records
         trainer.iteration += 1
         end = time.perf_counter()
         trainer.save_checkpoint(log=False)
@@ -155,10 +157,9 @@ class TimedPpoTrainer(VanillaPpoTrainer):
 
     frames = 0
 
-    def collect(self, pairs, generator=None):  # noqa: ANN001, ANN201
-        rollout = super().collect(pairs, generator)
-        if generator is None:  # training rollouts, not test ones
-            TimedPpoTrainer.frames += int(rollout.alive.sum())
+    def collect(self, pairs, draws):  # noqa: ANN001, ANN201
+        rollout = super().collect(pairs, draws)
+        TimedPpoTrainer.frames += int(rollout.alive.sum())  # training rollouts: test() is off
         return rollout
 
     def test(self) -> dict[str, float]:

@@ -1,9 +1,10 @@
-"""A deterministic, resumable sampler that splits a global batch across workers."""
+"""Deterministic, resumable sampling that splits a global batch across workers."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from raytrainer.errors import ConfigError
@@ -76,3 +77,55 @@ class ShardedBatchSampler:
         """Continue from a position saved by :meth:`state_dict`."""
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
+
+
+class GlobalDraws:
+    """Random numbers drawn for a whole global batch, of which this rank keeps its rows.
+
+    Every rank seeds the generator alike, from ``(seed, step, stream)``, and draws for all
+    ``global_size`` rows, so what a row gets does not depend on how many ranks share the batch:
+    two workers roll out exactly the episodes and actions one process would. Nothing needs
+    saving for an exact resume: a step's draws follow from its number.
+
+    Parameters
+    ----------
+    seed, step, stream : int
+        Seed the generator (``stream`` separates uses of one step, e.g. training and tests).
+    global_size : int
+        Rows of the global batch.
+    world_rank, world_size : int
+        This rank keeps rows ``[global_size * rank // size, global_size * (rank + 1) // size)``.
+    device : torch.device
+        Where the draws are returned (they are made on the CPU, so any device gets the same).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        step: int,
+        stream: int,
+        global_size: int,
+        world_rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        (state,) = np.random.SeedSequence([seed, step, stream]).generate_state(1, np.uint64)
+        self.generator = torch.Generator().manual_seed(int(state))
+        self.global_size = global_size
+        self.start = global_size * world_rank // world_size
+        self.stop = global_size * (world_rank + 1) // world_size
+        self.device = torch.device(device)
+
+    def integers(self, high: int) -> torch.Tensor:
+        """Return this rank's rows of ``global_size`` integers in ``[0, high)``."""
+        draws = torch.randint(high, (self.global_size,), generator=self.generator)
+        return draws[self.start : self.stop].to(self.device)
+
+    def uniform(self, *shape: int) -> torch.Tensor:
+        """Return this rank's rows of a ``[global_size, *shape]`` uniform draw in ``[0, 1)``."""
+        draws = torch.rand(self.global_size, *shape, generator=self.generator)
+        return draws[self.start : self.stop].to(self.device)
+
+    def permutation(self, n: int) -> torch.Tensor:
+        """A permutation of ``range(n)``, the same on every rank (not sliced)."""
+        return torch.randperm(n, generator=self.generator).to(self.device)

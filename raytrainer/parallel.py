@@ -2,7 +2,8 @@
 
 Mixed into :class:`raytrainer.Trainer`, so a trainer written for one process gets DDP under Ray
 unchanged: ``prepare_model`` wraps, ``unwrap_model`` unwraps for checkpoints (which are then
-identical across runners), ``make_sampler`` gives this rank its slice of the global batch.
+identical across runners), ``make_sampler`` gives this rank its slice of the global batch,
+``all_reduce_sum`` adds up what the ranks computed on their slices.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ class DataParallelMixin:
                 module, device_ids=device_ids, **ddp_kwargs
             )
         return module
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks, in place, and return it (as is in one process)."""
+        if self.settings.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
 
     @staticmethod
     def unwrap_model(module: torch.nn.Module) -> torch.nn.Module:

@@ -188,8 +188,11 @@ def test_pretrain_agents_runs_solo_agent_steps_first(tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_ppo_on_two_ray_workers_resumes_a_killed_worker_bitwise(ray_cluster, tmp_path):
-    hp = load_hyper_params(tiny_rl_config())
+def test_ppo_on_two_ray_workers_follows_one_process_and_resumes_a_killed_worker_bitwise(
+    ray_cluster, tmp_path
+):
+    # SGD: Adam would part the runners by O(lr) wherever a gradient is rounding noise.
+    hp = load_hyper_params(tiny_rl_config(trainer="helpers.gated:GatedSgdPpoTrainer"))
 
     def settings(folder, **kw):
         return ExperimentSettings(
@@ -201,6 +204,24 @@ def test_ppo_on_two_ray_workers_resumes_a_killed_worker_bitwise(ray_cluster, tmp
         )
 
     reference = run(hp, settings("reference"), Scaling(num_workers=2))
+    # Two workers each roll out half of every global batch (their draws are the batch's)
+    # and average their gradients: the same curve and parameters as one process.
+    alone = run_local(hp, settings("alone"))
+    pairs = zip(
+        list_checkpoints(tmp_path / "alone" / alone.run_id),
+        list_checkpoints(tmp_path / "reference" / reference.run_id),
+        strict=True,
+    )
+    for one, two in pairs:
+        one, two = read_checkpoint(one), read_checkpoint(two)
+        assert one.iteration == two.iteration
+        assert one.metadata["metrics"].keys() == two.metadata["metrics"].keys()
+        for key, value in one.metadata["metrics"].items():
+            assert value == pytest.approx(two.metadata["metrics"][key], rel=1e-5, abs=1e-6), key
+        for agent in ("prover", "verifier"):
+            for key, value in one.state["models"][agent].items():
+                assert torch.allclose(value, two.state["models"][agent][key], atol=1e-6), key
+
     gate = make_gate(tmp_path / "gate", 6)
     killed = []
 

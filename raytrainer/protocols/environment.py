@@ -115,6 +115,7 @@ class ProtocolEnvironment:
         y: torch.Tensor,
         valid_messages: torch.Tensor,
         generator: torch.Generator | None = None,
+        coins: torch.Tensor | None = None,
     ) -> Episodes:
         """Start one episode per row of ``y``.
 
@@ -127,9 +128,13 @@ class ProtocolEnvironment:
         generator : torch.Generator, optional
             Draws the per-episode coins (stance, speaker, channel order); on the CPU, so a
             rollout is reproducible on any device.
+        coins : Tensor [3, B] of 0/1, optional
+            The coins themselves, drawn by the caller (then ``generator`` is not used).
         """
         batch, slots = valid_messages.shape
-        coins = torch.randint(0, 2, (3, batch), generator=generator).to(self.device)
+        if coins is None:
+            coins = torch.randint(0, 2, (3, batch), generator=generator)
+        coins = coins.to(self.device, torch.long)
         flip = self.common.randomize_prover_stance and self.handler.stance_can_flip
         stance = coins[0] if flip else torch.zeros_like(coins[0])
         speaker = coins[1] if self.handler.speaker_is_drawn else torch.zeros_like(coins[1])

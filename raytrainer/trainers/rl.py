@@ -2,17 +2,21 @@
 
 An iteration of :class:`RlTrainer` reads top to bottom::
 
-    rollout = self.collect(train pairs)             # every round of a batch of episodes
-    advantages, returns = gae(rewards, values, ...) # per agent, every round
-    self.update(rollout, advantages, returns)       # the algorithm: PPO, REINFORCE
+    draws = self.draws(...)                           # the iteration's random numbers
+    rollout = self.collect(train pairs, draws)        # every round of a batch of episodes
+    advantages, returns = gae(rewards, values, ...)   # per agent, every round
+    self.update(rollout, advantages, returns, draws)  # the algorithm: PPO, REINFORCE
     record metrics; save a checkpoint every checkpoint_period iterations
 
 Every round is a time step for every agent: an agent's policy terms count only in the rounds
 it acts (``active``), its value is trained on every round of a live episode (``alive``), and
 rewards reach each agent in the round they are given (a prover's when the verifier decides).
-Each rank rolls out its share of ``rl.frames_per_batch`` (``frames / max_message_rounds``
-episodes); under Ray the update's gradients are averaged by DDP. With ``pretrain_agents`` the
-run's first iterations are ``solo_agent`` steps (checkpointed like the rest).
+An iteration's global batch is ``rl.frames_per_batch / max_message_rounds`` episodes. Its
+random numbers (which pairs, every action, the minibatch order) are drawn for the whole batch
+from a generator seeded by the iteration (:class:`~raytrainer.data.GlobalDraws`); each rank
+rolls out its slice, losses are divided by counts over the global batch and DDP averages the
+gradients, so ``n`` Ray workers follow the curve of one process (to float tolerance). With
+``pretrain_agents`` the run's first iterations are ``solo_agent`` steps.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Any
 
 import torch
 
-from raytrainer.data import ShardedBatchSampler
+from raytrainer.data import GlobalDraws, ShardedBatchSampler
+from raytrainer.errors import ConfigError
 from raytrainer.progress import attach_progress_bar
 from raytrainer.protocols import CONTINUE, ProtocolEnvironment
 from raytrainer.scenarios.graph_isomorphism import GraphPairs
@@ -101,9 +106,10 @@ class Rollout:
     final_decision: torch.Tensor
 
 
-def _sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    probs = torch.softmax(logits, -1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def _sample(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Draw from ``softmax(logits)`` by the Gumbel-max trick, given uniforms of its shape."""
+    gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-30)))
+    return (logits + gumbel).argmax(-1)
 
 
 def action_log_prob(
@@ -170,10 +176,15 @@ class RlTrainer(Trainer):
                 name: torch.optim.Adam(model.parameters(), lr=solo.learning_rate)
                 for name, model in self.models.items()
             }
-        rounds = self.env.num_rounds
-        self.episodes_per_rank = max(
-            self.hyper_params.rl.frames_per_batch // rounds // self.settings.world_size, 1
-        )
+        rl, rounds = self.hyper_params.rl, self.env.num_rounds
+        self.episodes_per_batch = rl.frames_per_batch // rounds
+        if self.episodes_per_batch < self.settings.world_size:
+            raise ConfigError(
+                f"rl.frames_per_batch={rl.frames_per_batch} makes {self.episodes_per_batch} "
+                f"episodes of {rounds} rounds per batch, fewer than the "
+                f"{self.settings.world_size} workers; set it to at least "
+                f"{rounds * self.settings.world_size}"
+            )
 
     def _state_dict(self) -> dict[str, Any]:
         state = {
@@ -203,12 +214,28 @@ class RlTrainer(Trainer):
 
     # ---------------------------------------------------------------- rollouts
 
+    def draws(self, stream: int, global_size: int) -> GlobalDraws:
+        """Return this iteration's random numbers for a global batch (stream 0 trains, 1 tests)."""
+        return GlobalDraws(
+            self.hyper_params.seed,
+            self.iteration,
+            stream,
+            global_size,
+            self.settings.world_rank,
+            self.settings.world_size,
+            self.device,
+        )
+
     @torch.no_grad()
-    def collect(self, pairs: GraphPairs, generator: torch.Generator | None = None) -> Rollout:
-        """Roll out one episode per pair to the end, sampling every agent's actions."""
+    def collect(self, pairs: GraphPairs, draws: GlobalDraws) -> Rollout:
+        """Roll out one episode per pair to the end, sampling every agent's actions.
+
+        ``pairs`` are this rank's rows of the global batch ``draws`` is drawn for.
+        """
         env, names = self.env, list(self.models)
         adjacency, node_mask = pairs.adjacency.float(), pairs.node_mask
-        episodes = env.reset(pairs.y, node_mask.flatten(1), generator)
+        coins = (draws.uniform(3) < 0.5).T
+        episodes = env.reset(pairs.y, node_mask.flatten(1), coins=coins)
         steps: dict[str, list[torch.Tensor]] = {k: [] for k in Rollout.__dataclass_fields__}
         for _ in range(env.num_rounds):
             active, may = env.active_mask(episodes).T, env.may_decide(episodes)
@@ -218,8 +245,10 @@ class RlTrainer(Trainer):
             for name in names:
                 seen = env.observe(episodes, name)
                 out = self.unwrap_model(self.models[name])(adjacency, node_mask, seen)
+                # Every agent draws alike each round, so the ranks' generators stay in step.
+                node_draw, decision_draw = draws.uniform(node_mask[0].numel()), draws.uniform(3)
                 node = (
-                    _sample(out["node_logits"], generator)
+                    _sample(out["node_logits"], node_draw)
                     if self.sends[name]
                     else torch.zeros_like(pairs.y)
                 )
@@ -227,7 +256,7 @@ class RlTrainer(Trainer):
                     only_continue = torch.full_like(out["decision_logits"], float("-inf"))
                     only_continue[:, CONTINUE] = 0
                     logits = torch.where(may[:, None], out["decision_logits"], only_continue)
-                    decisions = _sample(logits, generator)
+                    decisions = _sample(logits, decision_draw)
                 logp, _ = action_log_prob(
                     out, node, decisions, may, self.sends[name], self.decides[name]
                 )
@@ -262,32 +291,35 @@ class RlTrainer(Trainer):
         return gae(rollout.rewards, rollout.values, dones, rl.gamma, rl.lmbda)
 
     def evaluate(self, rollout: Rollout, prefix: str = "") -> dict[str, float]:
-        """Episode metrics of a rollout, with the original project's names."""
-        alive = rollout.alive.float()
-        episode_rewards = rollout.rewards.sum(0)  # [A, B]
+        """Episode metrics of a rollout over every rank's slice, with the original's names."""
+        sums = torch.stack(
+            [
+                torch.tensor(float(len(rollout.pairs)), device=self.device),
+                rollout.alive.sum().float(),  # frames: the episodes' rounds
+                (rollout.final_decision == rollout.pairs.y).sum().float(),
+                *rollout.rewards.sum((0, 2)),  # per agent
+            ]
+        ).double()
+        episodes, frames, correct, *rewards = self.all_reduce_sum(sums).tolist()
         metrics = {
-            f"{prefix}mean_episode_length": alive.sum(0).mean().item(),
-            f"{prefix}mean_accuracy": (rollout.final_decision == rollout.pairs.y)
-            .float()
-            .mean()
-            .item(),
+            f"{prefix}mean_episode_length": frames / episodes,
+            f"{prefix}mean_accuracy": correct / episodes,
         }
-        for a, name in enumerate(self.models):
-            metrics[f"{prefix}{name}_mean_episode_reward"] = episode_rewards[a].mean().item()
-            metrics[f"{prefix}{name}_mean_step_reward"] = (
-                rollout.rewards[:, a].sum() / alive.sum()
-            ).item()
+        for name, reward in zip(self.models, rewards, strict=True):
+            metrics[f"{prefix}{name}_mean_episode_reward"] = reward / episodes
+            metrics[f"{prefix}{name}_mean_step_reward"] = reward / frames
         return metrics
 
     def test(self) -> dict[str, float]:
         """``test_`` metrics: the test pairs rolled out ``rl.num_test_iterations`` times.
 
-        The test rollouts draw from their own generator (seeded by the iteration), so they
-        leave the training's random stream untouched.
+        Each rank rolls out its slice of the test pairs; the draws come from their own stream,
+        so the training's are untouched.
         """
-        generator = torch.Generator(self.device).manual_seed(self.iteration)
+        draws = self.draws(1, len(self.test_pairs))
+        pairs = self.test_pairs[draws.start : draws.stop]
         rounds = [
-            self.evaluate(self.collect(self.test_pairs, generator), "test_")
+            self.evaluate(self.collect(pairs, draws), "test_")
             for _ in range(self.hyper_params.rl.num_test_iterations)
         ]
         return {key: sum(r[key] for r in rounds) / len(rounds) for key in rounds[0]}
@@ -296,9 +328,40 @@ class RlTrainer(Trainer):
 
     @abstractmethod
     def update(
-        self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor
+        self,
+        rollout: Rollout,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        draws: GlobalDraws,
     ) -> dict[str, float]:
-        """Update every agent from one rollout; return loss metrics."""
+        """Update every agent from one rollout (this rank's slice of ``draws``' batch).
+
+        Returns loss metrics averaged over the ranks (see :meth:`share_of_mean`).
+        """
+
+    def global_counts(self, *masks: torch.Tensor) -> list[torch.Tensor]:
+        """How many slots each mask holds over every rank's slice of the global batch."""
+        counts = self.all_reduce_sum(torch.stack([m.sum() for m in masks]).double())
+        return list(counts.float())
+
+    def share_of_mean(
+        self, values: torch.Tensor, mask: torch.Tensor, count: torch.Tensor
+    ) -> torch.Tensor:
+        """Return this rank's share of the mean of ``values`` where ``mask`` holds, globally.
+
+        ``count`` is the global number of such slots (:meth:`global_counts`). The share is
+        this rank's sum × ``world_size`` / ``count``: DDP averages the ranks' gradients, which
+        makes them the gradient of the global mean, and the average of the shares is its value.
+        """
+        return (values * mask).sum() * self.settings.world_size / count.clamp(min=1)
+
+    def mean_over_ranks(self, stats: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        """Average each metric's shares over its steps and over the ranks (one all-reduce)."""
+        if not stats:
+            return {}
+        means = torch.stack([torch.stack(v).mean() for v in stats.values()]).double()
+        means = self.all_reduce_sum(means.detach()) / self.settings.world_size
+        return dict(zip(stats, means.tolist(), strict=True))
 
     def _step_agent(self, name: str, loss: torch.Tensor) -> None:
         optimizer = self.optimizers[name]
@@ -345,10 +408,11 @@ class RlTrainer(Trainer):
                 metrics = solo_step(self.models, self.solo_optimizers, pairs)
                 self.record_metrics({f"pretrain_{k}": v for k, v in metrics.items()})
             else:
-                batch = torch.randint(len(self.train_pairs), (self.episodes_per_rank,))
-                rollout = self.collect(self.train_pairs[batch.to(self.device)])
+                draws = self.draws(0, self.episodes_per_batch)
+                pairs = self.train_pairs[draws.integers(len(self.train_pairs))]
+                rollout = self.collect(pairs, draws)
                 advantages, returns = self.advantages(rollout)
-                losses = self.update(rollout, advantages, returns)
+                losses = self.update(rollout, advantages, returns, draws)
                 self.record_metrics({**self.evaluate(rollout), **losses})
             self.iteration += 1
             save = self.iteration % self.settings.checkpoint_period == 0

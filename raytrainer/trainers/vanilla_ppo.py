@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from raytrainer.data import GlobalDraws
 from raytrainer.trainer import register_trainer
 from raytrainer.trainers.rl import RlTrainer, Rollout
 
@@ -27,44 +28,49 @@ def ppo_clip_loss(
     return -torch.min(ratio * advantages, clipped * advantages)
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The mean of ``values`` where ``mask`` holds (0 where it never does)."""
-    mask = mask.float()
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
 @register_trainer("vanilla_ppo")
 class VanillaPpoTrainer(RlTrainer):
     """PPO with the clipped objective, GAE and an entropy bonus, one optimiser per agent."""
 
     def update(
-        self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor
+        self,
+        rollout: Rollout,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        draws: GlobalDraws,
     ) -> dict[str, float]:
-        """``rl.num_epochs`` passes of minibatches of ``rl.minibatch_size`` slots (global)."""
+        """``rl.num_epochs`` passes of minibatches of ``rl.minibatch_size`` global slots.
+
+        A minibatch is a set of (round, episode) slots of the global batch; each rank runs
+        the ones in its slice, and every mean (advantage statistics, losses) is global.
+        """
         rl, ppo = self.hyper_params.rl, self.hyper_params.ppo
-        num_rounds, _, num_episodes = rollout.logp.shape
-        slots = num_rounds * num_episodes
-        minibatch = max(rl.minibatch_size // self.settings.world_size, 1)
-        stats: dict[str, list[float]] = {}
+        num_rounds, episodes = rollout.logp.shape[0], draws.global_size
+        stats: dict[str, list[torch.Tensor]] = {}
         for _ in range(rl.num_epochs):
-            order = torch.randperm(slots, device=self.device)
-            for start in range(0, slots, minibatch):
-                index = order[start : start + minibatch]
-                t, b = index // num_episodes, index % num_episodes
+            order = draws.permutation(num_rounds * episodes)  # the same on every rank
+            for start in range(0, len(order), rl.minibatch_size):
+                index = order[start : start + rl.minibatch_size]
+                t, b = index // episodes, index % episodes - draws.start
+                own = (b >= 0) & (b < len(rollout.pairs))
+                # A rank with none of these slots still steps with the others (DDP): it runs
+                # one slot and counts none.
+                keep = own if own.any() else torch.arange(len(own), device=own.device) == 0
+                t, b, own = t[keep], b[keep].clamp(0, len(rollout.pairs) - 1), own[keep]
                 for a, name in enumerate(self.models):
                     out, new_logp, entropy = self._policy(name, rollout, t, b)
-                    acts, alive = rollout.active[t, a, b], rollout.alive[t, b]
+                    acts, alive = rollout.active[t, a, b] & own, rollout.alive[t, b] & own
                     adv = advantages[t, a, b]
+                    num_acts, num_alive = self.global_counts(acts, alive)
                     if ppo.normalize_advantage:
-                        mean = masked_mean(adv, acts)
-                        std = masked_mean((adv - mean) ** 2, acts).sqrt()
-                        adv = (adv - mean) / (std + 1e-8)
-                    policy_loss = masked_mean(
-                        ppo_clip_loss(new_logp, rollout.logp[t, a, b], adv, ppo.clip_epsilon),
-                        acts,
-                    )
-                    value_loss = masked_mean((out["value"] - returns[t, a, b]) ** 2, alive)
-                    entropy_bonus = masked_mean(entropy, acts)
+                        mean = self.all_reduce_sum((adv * acts).sum()) / num_acts.clamp(min=1)
+                        var = self.all_reduce_sum(((adv - mean) ** 2 * acts).sum())
+                        adv = (adv - mean) / ((var / num_acts.clamp(min=1)).sqrt() + 1e-8)
+                    clip = ppo_clip_loss(new_logp, rollout.logp[t, a, b], adv, ppo.clip_epsilon)
+                    policy_loss = self.share_of_mean(clip, acts, num_acts)
+                    value_error = (out["value"] - returns[t, a, b]) ** 2
+                    value_loss = self.share_of_mean(value_error, alive, num_alive)
+                    entropy_bonus = self.share_of_mean(entropy, acts, num_acts)
                     loss = (
                         policy_loss + ppo.critic_coef * value_loss - ppo.entropy_eps * entropy_bonus
                     )
@@ -74,5 +80,5 @@ class VanillaPpoTrainer(RlTrainer):
                         ("value_loss", value_loss),
                         ("entropy", entropy_bonus),
                     ):
-                        stats.setdefault(f"{name}_{key}", []).append(value.item())
-        return {key: sum(v) / len(v) for key, v in stats.items()}
+                        stats.setdefault(f"{name}_{key}", []).append(value.detach())
+        return self.mean_over_ranks(stats)

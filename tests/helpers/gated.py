@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from examples.regression import RegressionTrainer
 from raytrainer.trainers import SoloAgentTrainer, VanillaPpoTrainer
 
@@ -78,6 +80,22 @@ class GatedSoloAgentTrainer(GateMixin, SoloAgentTrainer):
 
 class GatedVanillaPpoTrainer(GateMixin, VanillaPpoTrainer):
     """``vanilla_ppo`` with the gate."""
+
+
+class GatedSgdPpoTrainer(GatedVanillaPpoTrainer):
+    """:class:`GatedVanillaPpoTrainer` stepping with plain SGD.
+
+    Adam turns rounding noise in near-zero gradients (a bias under a softmax) into steps of
+    ``lr``, so runs that add gradients in another order part by O(lr); SGD shows whether two
+    workers compute the one-process update to float tolerance.
+    """
+
+    def _build(self) -> None:
+        super()._build()
+        self.optimizers = {
+            name: torch.optim.SGD(model.parameters(), lr=self.hyper_params.rl.lr)
+            for name, model in self.models.items()
+        }
 
 
 class GatedRegressionTrainer(GateMixin, RegressionTrainer):
