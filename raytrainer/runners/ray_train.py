@@ -3,7 +3,8 @@
 Process map: :func:`run` and :class:`DriverProgress` run in the driver; :func:`train_worker`
 is the function Ray calls in every worker (it builds the trainer with a ``RayTrainBackend``);
 :class:`RunStatusActor` is a small actor through which rank 0 tells the driver its progress and
-what W&B missed.
+what W&B missed. It lives on the driver's node, so losing a worker node never takes it along;
+a worker that cannot reach it anyway trains on without it and says so once.
 """
 
 from __future__ import annotations
@@ -197,7 +198,11 @@ def _fit(
 ) -> RunResult:
     run_id, uri = str(settings.run_id), run_uri(settings)
     actor_name = f"raytrainer-status-{run_id}-{uuid.uuid4().hex[:6]}"
-    actor = RunStatusActor.options(name=actor_name).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On the driver's node: a node lost under the workers must not take the driver's helper.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    actor = RunStatusActor.options(name=actor_name, scheduling_strategy=here).remote()
     trainer = torch_trainer(hyper_params, settings, scaling, storage_fs, storage_path, actor_name)
     try:
         with DriverProgress(actor, settings.progress_bar_factory, desc=run_id):
@@ -231,7 +236,7 @@ def train_worker(config: dict[str, Any]) -> None:
         _quiet_report_lines()
     hyper_params = load_hyper_params(config["hyper_params"])
     named = config["status_actor"]
-    status = ray.get_actor(named) if rank == 0 and named else None
+    status = _find_status_actor(named) if rank == 0 and named else None
     plain = config["settings"]
     backend = RayTrainBackend(plain["run_id"], plain["storage_path"])
     settings = ExperimentSettings(
@@ -248,10 +253,28 @@ def train_worker(config: dict[str, Any]) -> None:
         trainer.train()
         unmirrored = trainer.close()
         if status is not None:
-            ray.get(status.set_unmirrored.remote(unmirrored))
+            try:
+                ray.get(status.set_unmirrored.remote(unmirrored), timeout=30)
+            except (ray.exceptions.RayError, TimeoutError) as exc:
+                _logger.warning(_STATUS_LOST, type(exc).__name__)
     finally:
         trainer.close()
         backend.cleanup()
+
+
+_logger = logging.getLogger("raytrainer")
+_STATUS_LOST = (
+    "the driver's status actor is unreachable (%s): training goes on; the driver's progress "
+    "bar stops and the end-of-run W&B summary may be missing"
+)
+
+
+def _find_status_actor(name: str) -> Any:
+    try:
+        return ray.get_actor(name)
+    except ValueError as exc:  # gone with its node, or the driver is gone
+        _logger.warning(_STATUS_LOST, exc)
+        return None
 
 
 def _quiet_report_lines() -> None:
@@ -305,17 +328,34 @@ class RunStatusActor:
 
 
 class _RemoteBar:
-    """What rank 0's progress-bar factory returns: updates go to the actor, unawaited."""
+    """What rank 0's progress-bar factory returns: updates go to the actor, unawaited.
+
+    The previous call's result is checked without waiting; once the actor is found dead the
+    bar logs it once and sends nothing more (training goes on).
+    """
 
     def __init__(self, actor: Any, total: int, initial: int) -> None:
-        self._actor = actor
-        actor.start.remote(total, initial)
+        self._actor: Any = actor
+        self._last = actor.start.remote(total, initial)
+
+    def _send(self, method: str, *args: Any) -> None:
+        if self._actor is None:
+            return
+        ready, _ = ray.wait([self._last], timeout=0)
+        if ready:
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayError as exc:
+                _logger.warning(_STATUS_LOST, type(exc).__name__)
+                self._actor = None
+                return
+        self._last = getattr(self._actor, method).remote(*args)
 
     def update(self, n: int = 1) -> None:
-        self._actor.update.remote(n)
+        self._send("update", n)
 
     def set_postfix(self, postfix: dict[str, str], refresh: bool = False) -> None:
-        self._actor.set_postfix.remote(postfix)
+        self._send("set_postfix", postfix)
 
     def close(self) -> None:
         pass

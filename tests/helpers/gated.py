@@ -1,9 +1,10 @@
 """The example trainer plus a test gate: it can stop dead after a chosen checkpoint.
 
-When ``RAYTRAINER_TEST_GATE`` is ``"<iteration>:<folder>"``, rank 0 writes
-``GATE <iteration> <pid>`` into the FIFO ``<folder>/out`` after saving that checkpoint, then
-blocks opening the FIFO ``<folder>/hold``, which nobody opens. A test reads the line (a
-blocking read, no sleep) and kills the process it names, or its driver, at a known point.
+When ``RAYTRAINER_TEST_GATE`` is ``"<iteration>:<folder>"`` (or several, comma-separated),
+rank 0 writes ``GATE <iteration> <pid>`` into the FIFO ``<folder>/out`` after saving that
+checkpoint, then blocks opening the FIFO ``<folder>/hold``, which nobody opens. A test reads
+the line (a blocking read, no sleep) and kills the process it names, or its driver, or its
+node, at a known point.
 With ``RAYTRAINER_TEST_GATE_SKIP=n`` the gate lets the first ``n`` processes pass that
 iteration (a sweep's earlier trials) and stops the next one. ``RAYTRAINER_TEST_STARTS`` names a
 file that gets a line ``<run id> <iteration>`` at the first training step of each process, so a
@@ -56,10 +57,13 @@ class GateMixin:
 
     def save_checkpoint(self, log: bool = True) -> None:
         super().save_checkpoint(log)
-        gate = os.environ.get(GATE_ENV)
-        if not gate or not self.settings.is_rank_zero:
+        gates = os.environ.get(GATE_ENV)
+        if not gates or not self.settings.is_rank_zero:
             return
-        iteration, folder = gate.split(":", 1)
+        for gate in gates.split(","):
+            self._pass_gate(*gate.split(":", 1))
+
+    def _pass_gate(self, iteration: str, folder: str) -> None:
         fired = Path(folder) / "fired"
         if self.iteration == int(iteration) and not fired.exists():
             passes = Path(folder) / "passes"

@@ -1,0 +1,83 @@
+"""Lose worker nodes under a Ray run, on one machine (``ray.cluster_utils.Cluster``).
+
+Run as a script, in a fresh process (it owns a Ray cluster, apart from the tests' shared one)::
+
+    python tests/helpers/node_loss.py CONFIG STORAGE GATE_FOLDER ITERATION [ITERATION ...]
+
+Starts a head node with no CPUs (the driver, Ray Train's controller and raytrainer's status
+actor live there) and one 1-CPU worker node, then runs ``raytrainer run CONFIG --address
+<head>`` as a subprocess with a gate at each ITERATION (see :mod:`helpers.gated`). Each time
+rank 0 stops at a gate, the node holding it is removed and a fresh one added, from this
+process's main thread. Prints one JSON line: the gates' iterations in the order they stopped,
+where raytrainer's status actor was at each stop, the run's exit code and its stderr's tail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from helpers.gated import GATE_ENV, make_gate, wait_for_gate  # noqa: E402
+
+
+def main() -> None:
+    config, storage, gate_root, *iterations = sys.argv[1:]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests")])
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            # Notice a removed node in about a second, not Ray's default half a minute.
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 2},
+        },
+    )
+    node = cluster.add_node(num_cpus=1)
+    cluster.connect()  # to look up where the run's actors live
+    gates = [make_gate(Path(gate_root) / f"gate{i}", int(i)) for i in iterations]
+    command = [sys.executable, "-m", "raytrainer", "run", config, "--address", cluster.address]
+    command += ["--storage-path", storage, "--checkpoint-period", "5", "--no-progress"]
+    command += ["--max-failures", str(len(gates) + 1)]
+    if gates:
+        command += ["--worker-env", f"{GATE_ENV}={','.join(gates)}"]
+    log = Path(gate_root) / "driver.log"  # a file: a full pipe would stall the driver
+    driver = subprocess.Popen(command, stderr=log.open("w"), stdout=subprocess.DEVNULL, cwd=REPO)
+    stopped, helpers_on = [], set()
+    try:
+        for i in iterations:  # the gates stop in order: each at its own iteration
+            iteration, _pid = wait_for_gate(Path(gate_root) / f"gate{i}")
+            stopped.append(iteration)
+            helpers_on |= _status_actor_nodes(cluster.head_node.node_id)
+            cluster.remove_node(node)  # rank 0 goes with its node
+            node = cluster.add_node(num_cpus=1)
+        driver.wait(timeout=600)
+    finally:
+        driver.kill()
+        ray.shutdown()  # this process's connection, before its node goes
+        cluster.shutdown()
+    err = log.read_text()[-3000:]
+    report = {"stopped": stopped, "helpers_on": sorted(helpers_on)}
+    print(json.dumps({**report, "returncode": driver.returncode, "stderr": err}))
+
+
+def _status_actor_nodes(head: str) -> set[str]:
+    """Where raytrainer's live status actors are: "head" or "worker node"."""
+    from ray._private import state
+
+    return {
+        "head" if actor["Address"]["NodeID"] == head else "worker node"
+        for actor in state.actors().values()
+        if actor["ActorClassName"].endswith("RunStatusActor") and actor["State"] == "ALIVE"
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""A run on a two-node Ray cluster loses the node under its worker, three times, and finishes.
+
+The cluster is ``ray.cluster_utils.Cluster`` on this machine, driven by
+``tests/helpers/node_loss.py`` in its own process (it owns a Ray cluster apart from the tests'
+shared one); the uninterrupted reference runs on the shared instance, one worker as well.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from raytrainer import ExperimentSettings, Scaling, load_hyper_params, run
+from raytrainer.checkpoint import list_checkpoints, read_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(900)
+def test_a_run_outlives_its_worker_node_removed_three_times(ray_cluster, tiny_config, tmp_path):
+    hp = load_hyper_params({**tiny_config, "num_iterations": 40})
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(hp.to_dict()))
+    settings = ExperimentSettings(
+        storage_path=str(tmp_path / "reference"), checkpoint_period=5, progress_bar_factory=None
+    )
+    reference = run(hp, settings, Scaling(num_workers=1))
+
+    helper = REPO / "tests" / "helpers" / "node_loss.py"
+    args = [str(config), str(tmp_path / "lost"), str(tmp_path / "gates"), "10", "20", "30"]
+    done = subprocess.run(
+        [sys.executable, str(helper), *args], capture_output=True, text=True, timeout=840
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["returncode"] == 0, report["stderr"]
+    assert report["stopped"] == [10, 20, 30]  # each time, rank 0's node was removed there
+    assert report["helpers_on"] == ["head"]  # the driver's node: no worker node takes it along
+    (run_dir,) = (tmp_path / "lost").iterdir()
+    final = read_checkpoint(list_checkpoints(run_dir)[-1])
+    assert final.iteration == 40
+    assert final.metadata["restored_from"]["iteration"] == 30  # resumed, not started over
+    expected = read_checkpoint(list_checkpoints(tmp_path / "reference" / reference.run_id)[-1])
+    for key, value in expected.state["model"].items():
+        assert torch.equal(value, final.state["model"][key]), key
