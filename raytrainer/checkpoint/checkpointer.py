@@ -314,15 +314,18 @@ class Checkpointer:
         """
         skipped = []
         for directory in self.backend.checkpoint_candidates():
+            # Named by where it is stored: on cloud storage ``directory`` is a local copy.
+            where = storage.join(self.backend.storage_uri, directory.name)
             try:
                 loaded = read_checkpoint(directory, map_location=self.device)
             except CheckpointCorruptError as exc:
-                self.logger.warning("skipping corrupt checkpoint: %s", exc)
+                reason = str(exc).replace(str(directory), where)
+                self.logger.warning("skipping corrupt checkpoint %s: %s", where, reason)
                 skipped.append(directory.name)
                 continue
             self._check_loaded(loaded, compare_params=True)
             if self.settings.is_rank_zero:
-                self.logger.info("resuming run %s from %s", self.settings.run_id, loaded.path)
+                self.logger.info("resuming run %s from %s", self.settings.run_id, where)
             return loaded.state
         detail = f" (corrupt: {', '.join(skipped)})" if skipped else ""
         raise CheckPointNotFoundError(
