@@ -155,6 +155,13 @@ def move_dir(location: str, destination: str) -> None:
     fs.delete_dir(path)
 
 
+def delete_file(location: str) -> None:
+    """Delete one file; a missing file is fine."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
 def delete_dir(location: str) -> None:
     """Delete a folder and everything in it; a missing folder is fine."""
     fs, path = resolve(location)

@@ -234,7 +234,7 @@ def test_retention_keeps_newest(tmp_path):
     for it in range(1, 6):
         _write(tmp_path, it)
     deleted = apply_retention(tmp_path, 2)
-    assert [p.name for p in deleted] == [
+    assert deleted == [
         "checkpoint_000001",
         "checkpoint_000002",
         "checkpoint_000003",

@@ -290,3 +290,30 @@ def test_ctrl_c_on_the_driver_stops_cleanly_and_the_rerun_resumes(
     reference = _final_model(ref_storage / ref.run_id)
     resumed = _final_model(run_dir)
     _assert_bitwise(reference, resumed)
+
+
+def test_retention_counts_every_attempt_across_runner_switches(ray_cluster, tiny_config, tmp_path):
+    """In-process to 20 keeping all, then on Ray, in-process and Ray again keeping 2."""
+    storage = tmp_path / "switch"
+
+    def leg(iterations: int, on_ray: bool, num_to_keep: int | None) -> list[str]:
+        hp = load_hyper_params({**tiny_config, "num_iterations": iterations})
+        settings = ExperimentSettings(
+            storage_path=str(storage),
+            run_id="switch",
+            checkpoint_period=5,
+            num_to_keep=num_to_keep,
+            progress_bar_factory=None,
+        )
+        result = run(hp, settings, Scaling(num_workers=1)) if on_ray else run_local(hp, settings)
+        assert result.iteration == iterations
+        return [p.name for p in list_checkpoints(storage / "switch")]
+
+    assert leg(20, False, None) == [f"checkpoint_0000{i:02d}" for i in (5, 10, 15, 20)]
+    # Ray's own count would see only the two checkpoints reported to it and keep all six.
+    assert leg(30, True, 2) == ["checkpoint_000025", "checkpoint_000030"]
+    assert (storage / "switch" / "checkpoint_manager_snapshot.json").exists()
+    # In-process retention deletes what Ray's snapshot names; the next Ray start must not
+    # trust it ("The run snapshot contains a reference to a checkpoint that does not exist").
+    assert leg(40, False, 2) == ["checkpoint_000035", "checkpoint_000040"]
+    assert leg(50, True, 2) == ["checkpoint_000045", "checkpoint_000050"]

@@ -51,8 +51,8 @@ class LocalBackend(Backend):
         """Apply retention; the folder is already in place, so nothing is copied."""
         if directory is None:
             raise ValueError("the local backend runs one process, which must pass its folder.")
-        for path in apply_retention(
+        for name in apply_retention(
             self.run_dir, self.num_to_keep, self.score_metric, self.score_order
         ):
-            self.logger.debug("retention removed %s", path)
+            self.logger.debug("retention removed %s", self.run_dir / name)
         return str(directory)

@@ -9,13 +9,18 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ray.train
 
 from raytrainer import storage
 from raytrainer.backends.base import TemporaryStagingBackend
-from raytrainer.checkpoint.layout import RESTORE_DIR, checkpoint_dir_name, parse_iteration
+from raytrainer.checkpoint.layout import (
+    RESTORE_DIR,
+    apply_retention,
+    checkpoint_dir_name,
+    parse_iteration,
+)
 
 
 class RayTrainBackend(TemporaryStagingBackend):
@@ -27,11 +32,24 @@ class RayTrainBackend(TemporaryStagingBackend):
         The run id, also the ``RunConfig(name)``.
     storage_root : str
         The storage root (folder or URI); the run lives at ``<storage_root>/<run_id>``.
+    num_to_keep, score_metric, score_order
+        Retention, applied by rank 0 after each save to what is in storage (Ray keeps every
+        checkpoint it is given: its own count would miss earlier attempts' checkpoints).
     """
 
-    def __init__(self, run_id: str, storage_root: str) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        storage_root: str,
+        num_to_keep: int | None = None,
+        score_metric: str | None = None,
+        score_order: Literal["max", "min"] | None = None,
+    ) -> None:
         self.run_id = run_id
         self.storage_uri = storage.join(storage_root, run_id)
+        self.num_to_keep = num_to_keep
+        self.score_metric = score_metric
+        self.score_order = score_order
 
     def checkpoint_candidates(self) -> Iterator[Path]:
         """Yield the run's checkpoints in storage, newest first, as local folders.
@@ -58,11 +76,13 @@ class RayTrainBackend(TemporaryStagingBackend):
     def persist(self, directory: Path | None, iteration: int, metrics: Mapping[str, Any]) -> str:
         """Report the checkpoint (every rank: a barrier); rank 0 passes the folder it wrote.
 
-        Blocks until Ray has copied the folder to storage; the staging copy is then removed.
+        Blocks until Ray has copied the folder to storage; the staging copy is then removed
+        and rank 0 applies retention.
         """
         name = checkpoint_dir_name(iteration)
         checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
         ray.train.report(dict(metrics), checkpoint=checkpoint, checkpoint_dir_name=name)
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
+            apply_retention(self.storage_uri, self.num_to_keep, self.score_metric, self.score_order)
         return storage.join(self.storage_uri, name)

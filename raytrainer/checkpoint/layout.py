@@ -70,6 +70,8 @@ TENSOR_SUFFIX = ".pt"
 
 COMPLETE_FILE = "complete.json"
 """In the run folder when a run has finished; a rerun then reports it complete."""
+RAY_CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
+"""In the run folder: Ray Train's list of the checkpoints reported to it; removed at each start."""
 ARTIFACTS_DIR = "artifacts"
 """In the run folder: ``<name>/v<k>/``, versions of the trainer's own artifacts."""
 ARTIFACT_MANIFEST_FILE = "manifest.json"
@@ -479,38 +481,56 @@ def find_checkpoint(run_dir: Path, version: str | int = "latest") -> Path:
 
 
 def apply_retention(
-    run_dir: Path,
+    location: str | Path,
     num_to_keep: int | None,
     score_metric: str | None = None,
     score_order: Literal["max", "min"] | None = None,
-) -> list[Path]:
-    """Delete checkpoints beyond ``num_to_keep``; return the deleted folders.
+) -> list[str]:
+    """Delete checkpoints beyond ``num_to_keep`` in a run folder or URI; return their names.
 
     As Ray Train keeps them: without a score metric the newest ``num_to_keep``; with one, the
     ``num_to_keep`` best by that metric plus the newest (resuming needs it), so one more when
-    the newest is not among the best.
+    the newest is not among the best. It counts what is in storage — whichever runner and
+    attempt wrote it — and only complete checkpoints (metadata written, which comes last): a
+    partial folder older than the newest complete one is deleted, a newer one left alone.
     """
-    checkpoints = list_checkpoints(run_dir)
-    if num_to_keep is None or len(checkpoints) <= num_to_keep:
+    from raytrainer import storage  # pyarrow: only where storage is touched
+
+    location = str(location)
+    names = sorted(
+        (n for n in storage.list_dirs(location) if parse_iteration(n) is not None),
+        key=parse_iteration,
+    )
+    if num_to_keep is None or len(names) <= num_to_keep:
         return []
+    metadata: dict[str, Any] = {}
+    for name in names:
+        try:
+            metadata[name] = storage.read_json(storage.join(location, name, METADATA_FILE))
+        except (OSError, ValueError):
+            metadata[name] = None
+    complete = [n for n in names if isinstance(metadata[n], dict)]
+    if not complete:
+        return []
+    newest = complete[-1]
     if score_metric is None:
-        keep = set(checkpoints[-num_to_keep:])
+        keep = set(complete[-num_to_keep:])
     else:
         sign = -1.0 if score_order == "max" else 1.0
 
-        def score(path: Path) -> float:
+        def score(name: str) -> float:
             try:
-                metrics = json.loads((path / METADATA_FILE).read_text()).get("metrics", {})
-                return sign * float(metrics[score_metric])
-            except (OSError, ValueError, KeyError, TypeError):
-                return float("inf")  # unreadable or unscored: first to go
+                return sign * float(metadata[name].get("metrics", {})[score_metric])
+            except (KeyError, TypeError, ValueError):
+                return float("inf")  # unscored: first to go
 
         # Ties: the newer checkpoint first.
-        ranked = sorted(checkpoints, key=lambda p: (score(p), -(parse_iteration(p.name) or 0)))
-        keep = {*ranked[:num_to_keep], checkpoints[-1]}
-    deleted = [p for p in checkpoints if p not in keep]
-    for path in deleted:
-        shutil.rmtree(path, ignore_errors=True)
+        ranked = sorted(complete, key=lambda n: (score(n), -(parse_iteration(n) or 0)))
+        keep = {*ranked[:num_to_keep], newest}
+    newest_iteration = parse_iteration(newest) or 0
+    deleted = [n for n in names if n not in keep and (parse_iteration(n) or 0) < newest_iteration]
+    for name in deleted:
+        storage.delete_dir(storage.join(location, name))
     return deleted
 
 

@@ -169,11 +169,9 @@ def torch_trainer(
             name=settings.run_id,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=settings.num_to_keep,
-                checkpoint_score_attribute=settings.checkpoint_score_metric,
-                checkpoint_score_order=settings.checkpoint_score_order or "max",
-            ),
+            # Ray keeps every checkpoint reported; rank 0 applies the run's retention to what
+            # is in storage (RayTrainBackend), which also counts earlier attempts' checkpoints.
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
             # Worker errors are retried max_failures times; a controller that cannot start
             # the workers at all fails the run instead of retrying forever.
             failure_config=FailureConfig(
@@ -238,7 +236,13 @@ def train_worker(config: dict[str, Any]) -> None:
     named = config["status_actor"]
     status = _find_status_actor(named) if rank == 0 and named else None
     plain = config["settings"]
-    backend = RayTrainBackend(plain["run_id"], plain["storage_path"])
+    backend = RayTrainBackend(
+        plain["run_id"],
+        plain["storage_path"],
+        plain["num_to_keep"],
+        plain["checkpoint_score_metric"],
+        plain["checkpoint_score_order"],
+    )
     settings = ExperimentSettings(
         **plain,
         device=str(ray.train.torch.get_device()),

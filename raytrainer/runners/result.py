@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from raytrainer import storage
-from raytrainer.checkpoint.layout import COMPLETE_FILE, parse_iteration, replaced_run_name
+from raytrainer.checkpoint.layout import (
+    COMPLETE_FILE,
+    RAY_CHECKPOINT_SNAPSHOT,
+    parse_iteration,
+    replaced_run_name,
+)
 from raytrainer.errors import CheckPointNotFoundError, ConfigError
 from raytrainer.inspection import MARK_BEST, MARK_LATEST, list_run
 from raytrainer.params import HyperParameters
@@ -105,6 +110,10 @@ def _prepare(
             "--no-load will not start over on top of them. Pass --restart to move the old run "
             "aside, or --run-id to start a new one."
         )
+    # Storage is the record of a run's checkpoints. Ray Train's own list of them, from an
+    # earlier attempt, may name checkpoints retention has since deleted (Ray then refuses to
+    # start: "The run snapshot contains a reference to a checkpoint that does not exist").
+    storage.delete_file(storage.join(run_uri, RAY_CHECKPOINT_SNAPSHOT))
     if summary is None:
         return None
     saved = summary.get("hyper_params")
