@@ -1,5 +1,9 @@
 """A run on a two-node Ray cluster loses the node under its worker, three times, and finishes.
 
+Its storage is the loopback S3 server, and the cluster starts without its credentials: they
+reach every Ray process of the run (the workers and Ray Train's controller, which writes to
+storage too) only through ``--worker-env``.
+
 The cluster is ``ray.cluster_utils.Cluster`` on this machine, driven by
 ``tests/helpers/node_loss.py`` in its own process (it owns a Ray cluster apart from the tests'
 shared one); the uninterrupted reference runs on the shared instance, one worker as well.
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,12 +23,15 @@ import yaml
 
 from raytrainer import ExperimentSettings, Scaling, load_hyper_params, run
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
+from raytrainer.storage import download_dir, list_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(900)
-def test_a_run_outlives_its_worker_node_removed_three_times(ray_cluster, tiny_config, tmp_path):
+def test_a_run_outlives_its_worker_node_removed_three_times(
+    ray_cluster, s3_server, tiny_config, tmp_path
+):
     hp = load_hyper_params({**tiny_config, "num_iterations": 40})
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(hp.to_dict()))
@@ -33,7 +41,8 @@ def test_a_run_outlives_its_worker_node_removed_three_times(ray_cluster, tiny_co
     reference = run(hp, settings, Scaling(num_workers=1))
 
     helper = REPO / "tests" / "helpers" / "node_loss.py"
-    args = [str(config), str(tmp_path / "lost"), str(tmp_path / "gates"), "10", "20", "30"]
+    uri = f"s3://raytrainer/node-loss-{uuid.uuid4().hex[:8]}"
+    args = [str(config), uri, str(tmp_path / "gates"), "10", "20", "30"]
     done = subprocess.run(
         [sys.executable, str(helper), *args], capture_output=True, text=True, timeout=840
     )
@@ -42,8 +51,10 @@ def test_a_run_outlives_its_worker_node_removed_three_times(ray_cluster, tiny_co
     assert report["returncode"] == 0, report["stderr"]
     assert report["stopped"] == [10, 20, 30]  # each time, rank 0's node was removed there
     assert report["helpers_on"] == ["head"]  # the driver's node: no worker node takes it along
-    (run_dir,) = (tmp_path / "lost").iterdir()
-    final = read_checkpoint(list_checkpoints(run_dir)[-1])
+    # The storage's credentials, given only with --worker-env, reached both kinds of process.
+    assert report["credentials"] == {"TrainController": True, "RayTrainWorker": True}
+    (run_id,) = list_dirs(uri)
+    final = read_checkpoint(download_dir(f"{uri}/{run_id}/checkpoint_000040", tmp_path / "final"))
     assert final.iteration == 40
     assert final.metadata["restored_from"]["iteration"] == 30  # resumed, not started over
     expected = read_checkpoint(list_checkpoints(tmp_path / "reference" / reference.run_id)[-1])

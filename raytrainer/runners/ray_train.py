@@ -10,6 +10,7 @@ a worker that cannot reach it anyway trains on without it and says so once.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -72,10 +73,15 @@ def run(
     settings = dataclasses.replace(settings, do_not_load_checkpoint=False, restart=False)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints shown once
     started = not ray.is_initialized()
+    settings = with_wandb_folders(settings, on_this_machine=started and address is None)
     if started:
         _check_reachable(address or os.environ.get("RAY_ADDRESS"))
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-    settings = with_wandb_folders(settings, on_this_machine=started and address is None)
+        ray.init(
+            address=address,
+            logging_level="WARNING",
+            log_to_driver=True,
+            runtime_env={"env_vars": job_env(settings)},
+        )
     try:
         result = _fit(hyper_params, settings, scaling, storage_fs, storage_path)
     finally:
@@ -83,6 +89,28 @@ def run(
             ray.shutdown()
     mark_complete(result, hyper_params, settings, began)
     return result
+
+
+# Ray Train's controller collects reports when it polls the workers (every 2 s by default) and a
+# worker's second report waits for its first to be collected: a save every few seconds blocked
+# for up to 2 s. Polling every 0.1 s costs the controller a few small calls per second.
+_CONTROLLER_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+
+
+def job_env(settings: ExperimentSettings) -> dict[str, str]:
+    """The environment of every Ray process of a run this driver connects: the job's.
+
+    ``settings.worker_env`` (credentials for the storage, say) reaches Ray Train's controller,
+    which writes to storage too, as well as the workers. A variable the submitted ``ray job``
+    already sets is left to it (Ray refuses to merge two values of one variable), and the poll
+    interval is only a default.
+    """
+    env = {k: v for k, v in _CONTROLLER_POLL.items() if k not in os.environ}
+    env.update(settings.worker_env)
+    # A driver started by `ray job submit` gets the job's config in this variable.
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    taken = (job.get("runtime_env") or {}).get("env_vars") or {}
+    return {k: v for k, v in env.items() if k not in taken}
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:

@@ -4,7 +4,9 @@ Run as a script, in a fresh process (it owns a Ray cluster, apart from the tests
 
     python tests/helpers/node_loss.py CONFIG STORAGE GATE_FOLDER ITERATION [ITERATION ...]
 
-Starts a head node with no CPUs (the driver, Ray Train's controller and raytrainer's status
+STORAGE may be an ``s3://`` URI: the ``AWS_*`` variables of this process then go to the driver
+only, and to the run through ``--worker-env``; the cluster starts without them. Starts a head
+node with no CPUs (the driver, Ray Train's controller and raytrainer's status
 actor live there) and one 1-CPU worker node, then runs ``raytrainer run CONFIG --address
 <head>`` as a subprocess with a gate at each ITERATION (see :mod:`helpers.gated`). Each time
 rank 0 stops at a gate, the node holding it is removed and a fresh one added, from this
@@ -29,6 +31,9 @@ from helpers.gated import GATE_ENV, make_gate, wait_for_gate  # noqa: E402
 def main() -> None:
     config, storage, gate_root, *iterations = sys.argv[1:]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests")])
+    # The cluster starts without the storage's credentials: only the driver has them, and
+    # passes them with --worker-env, the route the README documents.
+    credentials = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_")}
     import ray
     from ray.cluster_utils import Cluster
 
@@ -48,14 +53,24 @@ def main() -> None:
     command += ["--max-failures", str(len(gates) + 1)]
     if gates:
         command += ["--worker-env", f"{GATE_ENV}={','.join(gates)}"]
+    for key, value in credentials.items():
+        command += ["--worker-env", f"{key}={value}"]
     log = Path(gate_root) / "driver.log"  # a file: a full pipe would stall the driver
-    driver = subprocess.Popen(command, stderr=log.open("w"), stdout=subprocess.DEVNULL, cwd=REPO)
-    stopped, helpers_on = [], set()
+    driver = subprocess.Popen(
+        command,
+        stderr=log.open("w"),
+        stdout=subprocess.DEVNULL,
+        cwd=REPO,
+        env={**os.environ, **credentials},
+    )
+    stopped, helpers_on, has_credentials = [], set(), {}
     try:
         for i in iterations:  # the gates stop in order: each at its own iteration
             iteration, _pid = wait_for_gate(Path(gate_root) / f"gate{i}")
             stopped.append(iteration)
             helpers_on |= _status_actor_nodes(cluster.head_node.node_id)
+            if not has_credentials:  # what each live Ray process of the run was given
+                has_credentials = _credentials_seen(set(credentials))
             cluster.remove_node(node)  # rank 0 goes with its node
             node = cluster.add_node(num_cpus=1)
         driver.wait(timeout=600)
@@ -64,8 +79,22 @@ def main() -> None:
         ray.shutdown()  # this process's connection, before its node goes
         cluster.shutdown()
     err = log.read_text()[-3000:]
-    report = {"stopped": stopped, "helpers_on": sorted(helpers_on)}
+    report = {"stopped": stopped, "helpers_on": sorted(helpers_on), "credentials": has_credentials}
     print(json.dumps({**report, "returncode": driver.returncode, "stderr": err}))
+
+
+def _credentials_seen(keys: set[str]) -> dict[str, bool]:
+    """For Ray Train's controller and workers: did its environment get every one of ``keys``."""
+    from ray._private import state
+
+    seen = {}
+    for actor in state.actors().values():
+        name = actor["ActorClassName"].rsplit(".", 1)[-1]
+        if actor["State"] == "ALIVE" and name in ("TrainController", "RayTrainWorker"):
+            environ = Path(f"/proc/{actor['Pid']}/environ").read_bytes().split(b"\0")
+            present = {line.split(b"=", 1)[0].decode() for line in environ if b"=" in line}
+            seen[name] = keys <= present
+    return seen
 
 
 def _status_actor_nodes(head: str) -> set[str]:
