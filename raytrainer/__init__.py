@@ -30,6 +30,7 @@ _WHERE = {
     "RayTrainerError": "raytrainer.errors",
     "RegistryError": "raytrainer.errors",
     "RunFailedError": "raytrainer.errors",
+    "RunStopped": "raytrainer.errors",
     "RunResult": "raytrainer.runners.result",
     "Scaling": "raytrainer.settings",
     "ScenarioInstance": "raytrainer.scenario",

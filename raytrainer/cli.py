@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from raytrainer._version import __version__
-from raytrainer.errors import ConfigError, RayTrainerError, RunFailedError
+from raytrainer.errors import ConfigError, RayTrainerError, RunFailedError, RunStopped
 from raytrainer.settings import ExperimentSettings, Scaling, sweep_settings
 
 
@@ -343,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "config": _config,
         }[args.command]
         return command(args)
+    except RunStopped as exc:
+        print(f"raytrainer: {exc}", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports a process it ended
     except RunFailedError as exc:
         print(f"raytrainer: error: {exc}", file=sys.stderr)
         return 1

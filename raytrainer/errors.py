@@ -22,6 +22,21 @@ class RunFailedError(RayTrainerError, RuntimeError):
     """A run's workers failed more often than ``max_failures`` allows."""
 
 
+class RunStopped(RayTrainerError):
+    """The run was asked to stop (SIGTERM, ``ray job stop``) and saved a checkpoint first.
+
+    Not a failure: running the same command again resumes from that checkpoint.
+    """
+
+    def __init__(self, run_id: str, iteration: int, reason: str = "SIGTERM") -> None:
+        super().__init__(
+            f"run {run_id} stopped at iteration {iteration} ({reason}) after saving a "
+            "checkpoint there; run the same command again to resume."
+        )
+        self.run_id = run_id
+        self.iteration = iteration
+
+
 class RegistryError(ConfigError, LookupError):
     """A trainer, scenario or protocol name is not registered and cannot be imported."""
 

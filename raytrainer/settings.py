@@ -180,6 +180,13 @@ class ExperimentSettings:
         cli=False,
         per_process=True,
     )
+    stop_requested: Callable[[], bool] | None = setting(
+        None,
+        "Asked at every step; True makes the trainer save a checkpoint and stop (the runners "
+        "set it: SIGTERM).",
+        cli=False,
+        per_process=True,
+    )
     log_period: int = setting(
         50,
         "Iterations between logs of the recorded metrics to W&B and the progress bar "

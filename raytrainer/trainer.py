@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 
 from raytrainer import storage
 from raytrainer.backends.base import Backend
@@ -25,7 +26,7 @@ from raytrainer.checkpoint.layout import (
     checkpoint_dir_name,
 )
 from raytrainer.checkpoint.wandb_mirror import WandbClient
-from raytrainer.errors import CheckPointNotFoundError, ConfigError
+from raytrainer.errors import CheckPointNotFoundError, ConfigError, RunStopped
 from raytrainer.parallel import DataParallelMixin
 from raytrainer.params import HyperParameters
 from raytrainer.progress import ProgressBar, show_metrics, total_iterations
@@ -219,6 +220,20 @@ class Trainer(DataParallelMixin, ABC):
         if self.metrics and self.iteration % self.settings.log_period == 0:
             self._checkpointer.log_metrics(self.iteration, self.metrics)
             show_metrics(bar, self.metrics)
+        if self._stop_requested():
+            if self._checkpointer.last_saved_iteration != self.iteration:
+                self.save_checkpoint()
+            raise RunStopped(self.run_id, self.iteration)
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank was asked to stop; every rank gets the same answer each step."""
+        check = self.settings.stop_requested
+        asked = bool(check is not None and check())
+        if self.settings.world_size > 1 and dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([float(asked)], device=self.device)
+            dist.all_reduce(flag)  # one small all-reduce a step: all ranks stop at one step
+            asked = bool(flag.item())
+        return asked
 
     # ------------------------------------------------------------------ checkpoints
 

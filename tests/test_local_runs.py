@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers.gated import GATE_ENV, make_gate, wait_for_gate
+from helpers.gated import GATE_ENV, SIGTERM_ENV, make_gate, wait_for_gate
 
 from raytrainer import ExperimentSettings, build_trainer, load_hyper_params, run_local
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
@@ -104,6 +104,30 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path, config_file):
     (run_dir,) = (tmp_path / "runs").iterdir()
     # The exact line: an older checkpoint's resume also names checkpoint_000020 when saving it.
     assert f"resuming run {run_dir.name} from {run_dir / 'checkpoint_000020'}" in err
+
+
+def test_sigterm_saves_a_checkpoint_at_that_step_and_the_rerun_resumes_bitwise(
+    tmp_path, config_file
+):
+    args = ["run", config_file, "--local", "--checkpoint-period", "10", "--no-progress"]
+    code, _, err = _run_cli([*args, "--storage-path", tmp_path / "straight"], tmp_path)
+    assert code == 0, err
+    storage = tmp_path / "stopped"
+    code, out, err = _run_cli(
+        [*args, "--storage-path", storage], tmp_path, {SIGTERM_ENV: "25:self"}
+    )
+    (run_dir,) = storage.iterdir()
+    assert code == 143, err
+    assert "stopped at iteration 25 (SIGTERM) after saving a checkpoint there" in err
+    assert "Traceback" not in err
+    assert [p.name for p in list_checkpoints(run_dir)][-1] == "checkpoint_000025"
+    assert not (run_dir / "complete.json").exists()
+    code, out, err = _run_cli([*args, "--storage-path", storage], tmp_path)
+    assert code == 0, err
+    assert f"resuming run {run_dir.name} from {run_dir / 'checkpoint_000025'}" in err
+    straight = _final_model(tmp_path / "straight" / run_dir.name)
+    for key, value in _final_model(run_dir).items():
+        assert torch.equal(straight[key], value), key
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_is_replaced(tmp_path, tiny_config, quiet_logs):

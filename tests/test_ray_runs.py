@@ -14,7 +14,14 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 import yaml
-from helpers.gated import GATE_ENV, STARTS_ENV, make_gate, read_starts, wait_for_gate
+from helpers.gated import (
+    GATE_ENV,
+    SIGTERM_ENV,
+    STARTS_ENV,
+    make_gate,
+    read_starts,
+    wait_for_gate,
+)
 from test_trainer_api import Recorder
 
 from raytrainer import ExperimentSettings, Scaling, load_hyper_params, run, run_local
@@ -211,6 +218,34 @@ def test_killed_driver_resumes_from_s3(ray_cluster, s3_server, tmp_path, two_wor
     resumed = read_checkpoint(local).state["model"]
     reference = _final_model(ref_storage / ref.run_id)
     _assert_bitwise(reference, resumed)
+
+
+def test_sigterm_on_the_driver_saves_on_every_rank_at_one_step_and_resumes(
+    ray_cluster, tmp_path, two_workers
+):
+    hp, ref_storage, ref, _ = two_workers
+    storage = str(tmp_path / "stopped")
+    args = _cli_args(hp, storage, ray_cluster, tmp_path)
+    pid_file = tmp_path / "driver.pid"
+    driver = subprocess.Popen(
+        [*args, "--worker-env", f"{SIGTERM_ENV}=15:{pid_file}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pid_file.write_text(str(driver.pid))  # read by rank 0 at iteration 15, long after this
+    out, err = driver.communicate(timeout=400)
+    assert driver.returncode == 143, err[-3000:]
+    assert f"run {ref.run_id} stopped at iteration 15 (SIGTERM)" in err
+    run_dir = tmp_path / "stopped" / ref.run_id
+    assert [p.name for p in list_checkpoints(run_dir)][-1] == "checkpoint_000015"
+    assert not (run_dir / "complete.json").exists()
+
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming run {ref.run_id} from {run_dir / 'checkpoint_000015'}" in done.stderr
+    _assert_bitwise(_final_model(ref_storage / ref.run_id), _final_model(run_dir))
 
 
 def test_ray_job_submit_runs_the_example(ray_cluster, tmp_path):

@@ -116,6 +116,7 @@ class Checkpointer:
         self.best_score: float | None = None
         self.restored_from: dict[str, Any] | None = None
         """The run and iteration of the checkpoint this process started from, if any."""
+        self.last_saved_iteration: int | None = None  # by this process
         self._logged_iteration: int | None = None  # the last metrics row sent to W&B
         self.mirror = open_mirror(
             settings, hyper_params.to_dict(), backend.staging_dir, wandb_client_cls
@@ -230,6 +231,7 @@ class Checkpointer:
                 expected = storage.join(self.backend.storage_uri, directory.name)
                 staged = self.mirror.stage(directory, expected)
         location = self.backend.persist(directory, iteration, reported)
+        self.last_saved_iteration = iteration
         self.log_metrics(iteration, metrics)
         if self.mirror is not None:
             self.mirror.mirror_checkpoint(staged, location, iteration, reported, digests, is_best)

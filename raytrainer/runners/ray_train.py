@@ -9,6 +9,7 @@ a worker that cannot reach it anyway trains on without it and says so once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -26,10 +28,11 @@ import ray.train.torch
 from raytrainer import storage
 from raytrainer.backends.ray_train import RayTrainBackend
 from raytrainer.build import build_trainer, load_hyper_params, resolve_settings, run_uri
-from raytrainer.errors import ConfigError, RunFailedError
+from raytrainer.errors import ConfigError, RunFailedError, RunStopped
 from raytrainer.params import HyperParameters
 from raytrainer.progress import ProgressBar, ProgressBarFactory
 from raytrainer.runners.dry_run import dry_run
+from raytrainer.runners.local import stop_on_sigterm
 from raytrainer.runners.result import RunResult, mark_complete, prepare_run_folder
 from raytrainer.settings import ExperimentSettings, Scaling
 
@@ -231,9 +234,13 @@ def _fit(
     actor = RunStatusActor.options(name=actor_name, scheduling_strategy=here).remote()
     trainer = torch_trainer(hyper_params, settings, scaling, storage_fs, storage_path, actor_name)
     try:
-        with DriverProgress(actor, settings.progress_bar_factory, desc=run_id):
+        with (
+            stop_on_sigterm() as stop,
+            _forward_stop(stop, actor),
+            DriverProgress(actor, settings.progress_bar_factory, desc=run_id),
+        ):
             result = trainer.fit()
-        unmirrored = ray.get(actor.get_unmirrored.remote())
+        unmirrored, stopped_at = ray.get(actor.get_outcome.remote())
     except SystemExit as exc:
         # Ray Train's SIGINT handler aborts the controller and exits; to the caller this is
         # a Ctrl-C like any other (the last checkpoint is intact; rerunning resumes).
@@ -245,9 +252,35 @@ def _fit(
         ) from exc
     finally:
         ray.kill(actor)
+    if stopped_at is not None:  # the workers saved and returned: not complete
+        raise RunStopped(run_id, stopped_at)
     final = dict(result.metrics or {})  # reported with the last checkpoint
     iteration = int(final.pop("iteration", 0))
     return RunResult(run_id, uri, iteration, final, unmirrored=unmirrored)
+
+
+@contextlib.contextmanager
+def _forward_stop(stop: threading.Event, actor: Any) -> Iterator[None]:
+    """Pass a stop request (SIGTERM on the driver) to the workers, through the status actor.
+
+    A thread does it: the signal handler only sets ``stop``, as Ray calls from inside a
+    handler could re-enter the one the main thread is in.
+    """
+    done = threading.Event()
+
+    def forward() -> None:
+        while not done.is_set():
+            if stop.wait(0.2):
+                actor.request_stop.remote()
+                return
+
+    thread = threading.Thread(target=forward, name="raytrainer-stop", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -279,14 +312,20 @@ def train_worker(config: dict[str, Any]) -> None:
         world_size=context.get_world_size(),
         backend=backend,
         progress_bar_factory=_remote_bar_factory(status) if status is not None else None,
+        # Rank 0 asks the driver; every rank takes the answer from the step's all-reduce.
+        stop_requested=_StopPoll(status) if status is not None else None,
     )
     trainer = build_trainer(hyper_params, settings)
     try:
-        trainer.train()
+        stopped_at = None
+        try:
+            trainer.train()
+        except RunStopped as exc:  # saved; return normally, or Ray would restart the group
+            stopped_at = exc.iteration
         unmirrored = trainer.close()
         if status is not None:
             try:
-                ray.get(status.set_unmirrored.remote(unmirrored), timeout=30)
+                ray.get(status.set_outcome.remote(unmirrored, stopped_at), timeout=30)
             except (ray.exceptions.RayError, TimeoutError) as exc:
                 _logger.warning(_STATUS_LOST, type(exc).__name__)
     finally:
@@ -333,14 +372,25 @@ class RunStatusActor:
         self.n = 0
         self.postfix: dict[str, str] = {}
         self.unmirrored: list[str] = []
+        self.stop = False
+        self.stopped_at: int | None = None
 
-    def set_unmirrored(self, names: list[str]) -> None:
-        """Record the checkpoints and artifacts the W&B mirror could not upload."""
-        self.unmirrored = list(names)
+    def request_stop(self) -> None:
+        """Ask the workers to save and stop (the driver got SIGTERM)."""
+        self.stop = True
 
-    def get_unmirrored(self) -> list[str]:
-        """Return what :meth:`set_unmirrored` recorded."""
-        return self.unmirrored
+    def stop_requested(self) -> bool:
+        """Whether :meth:`request_stop` was called."""
+        return self.stop
+
+    def set_outcome(self, unmirrored: list[str], stopped_at: int | None) -> None:
+        """Record what the W&B mirror could not upload, and where the run stopped if it did."""
+        self.unmirrored = list(unmirrored)
+        self.stopped_at = stopped_at
+
+    def get_outcome(self) -> tuple[list[str], int | None]:
+        """Return what :meth:`set_outcome` recorded."""
+        return self.unmirrored, self.stopped_at
 
     def start(self, total: int, initial: int) -> None:
         """Set the total and the starting position (a resumed run starts where it was)."""
@@ -357,6 +407,29 @@ class RunStatusActor:
     def get(self) -> tuple[int, int, int, dict[str, str]]:
         """Return ``(total, initial, n, postfix)``."""
         return self.total, self.initial, self.n, self.postfix
+
+
+class _StopPoll:
+    """Rank 0's view of the driver's stop request: the status actor, asked without waiting."""
+
+    def __init__(self, actor: Any) -> None:
+        self._actor: Any = actor
+        self._pending = actor.stop_requested.remote()
+        self._asked = False
+
+    def __call__(self) -> bool:
+        if self._asked or self._actor is None:
+            return self._asked
+        ready, _ = ray.wait([self._pending], timeout=0)
+        if ready:
+            try:
+                self._asked = bool(ray.get(ready[0]))
+            except ray.exceptions.RayError:
+                self._actor = None  # the bar's warning says so once
+                return False
+            if not self._asked:
+                self._pending = self._actor.stop_requested.remote()
+        return self._asked
 
 
 class _RemoteBar:

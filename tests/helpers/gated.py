@@ -9,12 +9,18 @@ With ``RAYTRAINER_TEST_GATE_SKIP=n`` the gate lets the first ``n`` processes pas
 iteration (a sweep's earlier trials) and stops the next one. ``RAYTRAINER_TEST_STARTS`` names a
 file that gets a line ``<run id> <iteration>`` at the first training step of each process, so a
 test sees where every attempt began (an attempt with nothing left to train writes none).
+With ``RAYTRAINER_TEST_SIGTERM=<iteration>:<pid file>`` rank 0 sends SIGTERM, at that
+iteration's step, to the process whose pid the file holds (``self``: its own), then waits until
+its runner reports the stop request (``settings.stop_requested``), so the run stops exactly
+there — what ``ray job stop`` or a scheduler does to the driver, at a known point.
 Without the variables this is the example trainer.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +29,7 @@ from examples.regression import RegressionTrainer
 from raytrainer.trainers import SoloAgentTrainer, VanillaPpoTrainer
 
 GATE_ENV = "RAYTRAINER_TEST_GATE"
+SIGTERM_ENV = "RAYTRAINER_TEST_SIGTERM"
 SKIP_ENV = "RAYTRAINER_TEST_GATE_SKIP"
 STARTS_ENV = "RAYTRAINER_TEST_STARTS"
 
@@ -54,6 +61,18 @@ def wait_for_gate(folder: Path) -> tuple[int, int]:
 
 class GateMixin:
     """Blocks rank 0 after the checkpoint the gate names (see module docstring)."""
+
+    def _after_step(self, bar) -> None:  # noqa: ANN001
+        spec = os.environ.get(SIGTERM_ENV)
+        if spec and self.settings.is_rank_zero:
+            iteration, target = spec.split(":", 1)
+            if self.iteration == int(iteration):
+                pid = os.getpid() if target == "self" else int(Path(target).read_text())
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 120
+                while not self.settings.stop_requested() and time.monotonic() < deadline:
+                    time.sleep(0.01)  # polls the condition; the request crosses processes
+        super()._after_step(bar)
 
     def save_checkpoint(self, log: bool = True) -> None:
         super().save_checkpoint(log)
