@@ -25,6 +25,7 @@ _WHERE = {
     "HyperParameters": "raytrainer.params",
     "LocalBackend": "raytrainer.backends",
     "MetricError": "raytrainer.errors",
+    "NodePreempted": "raytrainer.errors",
     "Progress": "raytrainer.progress",
     "ProtocolHandler": "raytrainer.protocols",
     "RayTrainerError": "raytrainer.errors",

@@ -37,6 +37,22 @@ class RunStopped(RayTrainerError):
         self.iteration = iteration
 
 
+class NodePreempted(RayTrainerError):
+    """A node of the run is being drained (a preemption notice); a checkpoint was saved first.
+
+    Raised on every rank at the same step. The Ray runner waits for Ray Train to restart the
+    workers on other nodes, which resume from that checkpoint.
+    """
+
+    def __init__(self, run_id: str, iteration: int) -> None:
+        super().__init__(
+            f"run {run_id}: a node of the run is being preempted; saved a checkpoint at "
+            f"iteration {iteration}, where the restarted workers resume."
+        )
+        self.run_id = run_id
+        self.iteration = iteration
+
+
 class RegistryError(ConfigError, LookupError):
     """A trainer, scenario or protocol name is not registered and cannot be imported."""
 

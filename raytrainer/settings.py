@@ -187,6 +187,14 @@ class ExperimentSettings:
         cli=False,
         per_process=True,
     )
+    preempted: Callable[[], bool] | None = setting(
+        None,
+        "Asked at every step; True (a node of the run is being drained: Ray Train's preemption "
+        "notice) makes the trainer save a checkpoint and raise NodePreempted (the Ray runner "
+        "sets it).",
+        cli=False,
+        per_process=True,
+    )
     log_period: int = setting(
         50,
         "Iterations between logs of the recorded metrics to W&B and the progress bar "

@@ -26,7 +26,7 @@ from raytrainer.checkpoint.layout import (
     checkpoint_dir_name,
 )
 from raytrainer.checkpoint.wandb_mirror import WandbClient
-from raytrainer.errors import CheckPointNotFoundError, ConfigError, RunStopped
+from raytrainer.errors import CheckPointNotFoundError, ConfigError, NodePreempted, RunStopped
 from raytrainer.parallel import DataParallelMixin
 from raytrainer.params import HyperParameters
 from raytrainer.progress import ProgressBar, show_metrics, total_iterations
@@ -220,20 +220,28 @@ class Trainer(DataParallelMixin, ABC):
         if self.metrics and self.iteration % self.settings.log_period == 0:
             self._checkpointer.log_metrics(self.iteration, self.metrics)
             show_metrics(bar, self.metrics)
-        if self._stop_requested():
-            if self._checkpointer.last_saved_iteration != self.iteration:
-                self.save_checkpoint()
+        stop, preempted = self._interruptions()
+        # At the last iteration the run's own end saves, and nothing is left to lose.
+        preempted = preempted and self.iteration < self.get_total_num_iterations()
+        if (stop or preempted) and self._checkpointer.last_saved_iteration != self.iteration:
+            self.save_checkpoint()
+        if stop:
             raise RunStopped(self.run_id, self.iteration)
+        if preempted:
+            raise NodePreempted(self.run_id, self.iteration)
 
-    def _stop_requested(self) -> bool:
-        """Whether any rank was asked to stop; every rank gets the same answer each step."""
-        check = self.settings.stop_requested
-        asked = bool(check is not None and check())
+    def _interruptions(self) -> tuple[bool, bool]:
+        """Whether any rank was asked to stop, and whether any got a preemption notice.
+
+        Every rank gets the same answers at each step, so all save at one iteration.
+        """
+        checks = (self.settings.stop_requested, self.settings.preempted)
+        flags = [bool(check is not None and check()) for check in checks]
         if self.settings.world_size > 1 and dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([float(asked)], device=self.device)
-            dist.all_reduce(flag)  # one small all-reduce a step: all ranks stop at one step
-            asked = bool(flag.item())
-        return asked
+            agreed = torch.tensor(flags, dtype=torch.float32, device=self.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)  # one small all-reduce a step
+            flags = [bool(flag) for flag in agreed.tolist()]
+        return flags[0], flags[1]
 
     # ------------------------------------------------------------------ checkpoints
 

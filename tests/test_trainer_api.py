@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from raytrainer import (
     CheckPointNotFoundError,
     ExperimentSettings,
     MetricError,
+    NodePreempted,
     Trainer,
     attach_progress_bar,
     build_trainer,
@@ -176,6 +178,33 @@ def test_train_save_load_cycle(tmp_path, tiny_config):
 
     with pytest.raises(ValueError, match="latest"):
         again.load_and_set_state_from_checkpoint(version="3")
+
+
+def test_a_preemption_notice_saves_at_that_step_and_the_rerun_resumes_there(
+    tmp_path, tiny_config
+):
+    hp = load_hyper_params(tiny_config)
+    seen = []  # the iterations at which the notice was asked for
+
+    def notice_from(iteration: int):
+        def preempted() -> bool:
+            seen.append(trainer.iteration)
+            return trainer.iteration >= iteration
+
+        return dataclasses.replace(_settings(tmp_path), preempted=preempted)
+
+    trainer = build_trainer(hp, notice_from(13))
+    with pytest.raises(NodePreempted, match="saved a checkpoint at iteration 13"):
+        trainer.train()
+    run_dir = trainer.checkpoint_base_dir
+    assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint_000010", "checkpoint_000013"]
+    # The restarted trainer resumes at the notice; a notice at the last iteration lets it end.
+    seen.clear()
+    trainer = build_trainer(hp, notice_from(30))
+    assert trainer.iteration == 13
+    trainer.train()
+    assert seen == list(range(14, 31)) and trainer.iteration == 30
+    assert [p.name for p in list_checkpoints(run_dir)][-1] == "checkpoint_000030"
 
 
 def test_initialise_state_only_without_checkpoint(tmp_path, tiny_config):

@@ -24,11 +24,12 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
+from ray.train.v2._internal.execution.context import get_train_context
 
 from raytrainer import storage
 from raytrainer.backends.ray_train import RayTrainBackend
 from raytrainer.build import build_trainer, load_hyper_params, resolve_settings, run_uri
-from raytrainer.errors import ConfigError, RunFailedError, RunStopped
+from raytrainer.errors import ConfigError, NodePreempted, RunFailedError, RunStopped
 from raytrainer.params import HyperParameters
 from raytrainer.progress import ProgressBar, ProgressBarFactory
 from raytrainer.runners.dry_run import dry_run
@@ -96,8 +97,13 @@ def run(
 
 # Ray Train's controller collects reports when it polls the workers (every 2 s by default) and a
 # worker's second report waits for its first to be collected: a save every few seconds blocked
-# for up to 2 s. Polling every 0.1 s costs the controller a few small calls per second.
-_CONTROLLER_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+# for up to 2 s. Polling every 0.1 s costs the controller a few small calls per second. Node
+# drains (preemption notices) are polled every second instead of 5: a cloud's notice gives
+# 30 s to 2 min.
+_CONTROLLER_POLL = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
+}
 
 
 def job_env(settings: ExperimentSettings) -> dict[str, str]:
@@ -314,6 +320,7 @@ def train_worker(config: dict[str, Any]) -> None:
         progress_bar_factory=_remote_bar_factory(status) if status is not None else None,
         # Rank 0 asks the driver; every rank takes the answer from the step's all-reduce.
         stop_requested=_StopPoll(status) if status is not None else None,
+        preempted=_preemption_notice,
     )
     trainer = build_trainer(hyper_params, settings)
     try:
@@ -322,6 +329,9 @@ def train_worker(config: dict[str, Any]) -> None:
             trainer.train()
         except RunStopped as exc:  # saved; return normally, or Ray would restart the group
             stopped_at = exc.iteration
+        except NodePreempted as exc:  # saved; Ray Train restarts the group on other nodes
+            trainer.close()  # the W&B mirror sends what it has before the node goes
+            _wait_for_restart(exc, rank)
         unmirrored = trainer.close()
         if status is not None:
             try:
@@ -338,6 +348,44 @@ _STATUS_LOST = (
     "the driver's status actor is unreachable (%s): training goes on; the driver's progress "
     "bar stops and the end-of-run W&B summary may be missing"
 )
+
+
+def _preemption_notice() -> bool:
+    """Whether Ray Train told this worker that a node of its group is being drained.
+
+    Read from the worker's own context, without a collective: the trainer's per-step
+    all-reduce makes every rank agree (``ray.train.get_preemption_info`` would add a
+    synchronisation through an actor at every step).
+    """
+    return get_train_context().preemption_context.preemption_info is not None
+
+
+def _wait_for_restart(notice: NodePreempted, rank: int) -> None:
+    """Idle until Ray Train tears the group down at the drain's deadline, then restarts it.
+
+    Training on would only make steps the restarted group repeats: the checkpoint is at the
+    notice. Should the deadline pass by a minute with the worker still alive, this raises, so
+    the group restarts from that checkpoint anyway.
+    """
+    info = get_train_context().preemption_context.preemption_info
+    deadline_s = (info.deadline_ms / 1000) if info and info.deadline_ms else None
+    if rank == 0:
+        nodes = ", ".join(info.preempted_node_ids) if info else "?"
+        left = f"{deadline_s - time.time():.0f} s" if deadline_s else "no deadline given"
+        _logger.warning(
+            "%s Node(s) %s are draining (%s); waiting for Ray Train to restart the workers.",
+            notice,
+            nodes,
+            left,
+        )
+    # Without a deadline Ray Train waits its default 120 s from the notice.
+    give_up = (deadline_s or time.time() + 120) + 60
+    while time.time() < give_up:
+        time.sleep(1.0)  # the controller ends this process at the deadline
+    raise RunFailedError(
+        f"{notice} Ray Train did not restart the workers within a minute of the drain's "
+        "deadline; this attempt fails so that the next one resumes from that checkpoint."
+    )
 
 
 def _find_status_actor(name: str) -> Any:

@@ -13,6 +13,9 @@ With ``RAYTRAINER_TEST_SIGTERM=<iteration>:<pid file>`` rank 0 sends SIGTERM, at
 iteration's step, to the process whose pid the file holds (``self``: its own), then waits until
 its runner reports the stop request (``settings.stop_requested``), so the run stops exactly
 there — what ``ray job stop`` or a scheduler does to the driver, at a known point.
+With ``RAYTRAINER_TEST_DRAIN=<iteration>:<folder>`` rank 0 writes ``GATE <iteration> <pid>`` into
+``<folder>/out`` at that iteration's step, then waits until its runner reports a preemption
+notice (``settings.preempted``: the test drains the node), so the notice is seen exactly there.
 Without the variables this is the example trainer.
 """
 
@@ -30,6 +33,7 @@ from raytrainer.trainers import SoloAgentTrainer, VanillaPpoTrainer
 
 GATE_ENV = "RAYTRAINER_TEST_GATE"
 SIGTERM_ENV = "RAYTRAINER_TEST_SIGTERM"
+DRAIN_ENV = "RAYTRAINER_TEST_DRAIN"
 SKIP_ENV = "RAYTRAINER_TEST_GATE_SKIP"
 STARTS_ENV = "RAYTRAINER_TEST_STARTS"
 
@@ -72,6 +76,17 @@ class GateMixin:
                 deadline = time.monotonic() + 120
                 while not self.settings.stop_requested() and time.monotonic() < deadline:
                     time.sleep(0.01)  # polls the condition; the request crosses processes
+        drain = os.environ.get(DRAIN_ENV)
+        if drain and self.settings.is_rank_zero:
+            iteration, folder = drain.split(":", 1)
+            fired = Path(folder) / "fired"
+            if self.iteration == int(iteration) and not fired.exists():
+                fired.touch()
+                with open(Path(folder) / "out", "w") as fifo:
+                    fifo.write(f"GATE {self.iteration} {os.getpid()}\n")
+                deadline = time.monotonic() + 120
+                while not self.settings.preempted() and time.monotonic() < deadline:
+                    time.sleep(0.01)  # polls the condition: the notice comes from Ray Train
         super()._after_step(bar)
 
     def save_checkpoint(self, log: bool = True) -> None:

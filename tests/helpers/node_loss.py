@@ -2,16 +2,19 @@
 
 Run as a script, in a fresh process (it owns a Ray cluster, apart from the tests' shared one)::
 
-    python tests/helpers/node_loss.py CONFIG STORAGE GATE_FOLDER ITERATION [ITERATION ...]
+    python tests/helpers/node_loss.py CONFIG STORAGE GATE_FOLDER EVENT [EVENT ...]
 
 STORAGE may be an ``s3://`` URI: the ``AWS_*`` variables of this process then go to the driver
 only, and to the run through ``--worker-env``; the cluster starts without them. Starts a head
 node with no CPUs (the driver, Ray Train's controller and raytrainer's status
 actor live there) and one 1-CPU worker node, then runs ``raytrainer run CONFIG --address
-<head>`` as a subprocess with a gate at each ITERATION (see :mod:`helpers.gated`). Each time
-rank 0 stops at a gate, the node holding it is removed and a fresh one added, from this
-process's main thread. Prints one JSON line: the gates' iterations in the order they stopped,
-where raytrainer's status actor was at each stop, the run's exit code and its stderr's tail.
+<head>`` as a subprocess with a gate at each EVENT's iteration (see :mod:`helpers.gated`). An
+EVENT ``N`` removes the node holding rank 0 when rank 0 stops at iteration N's checkpoint; an
+EVENT ``drain:N`` drains that node through the GCS (a preemption notice, deadline in 5 s) at
+iteration N's step, and rank 0 waits there until Ray Train passes the notice on. Either way a
+fresh node is added, from this process's main thread. Prints one JSON line: the gates'
+iterations in the order they stopped, where raytrainer's status actor was at each stop, the
+run's log lines about preemption, its exit code and its stderr's tail.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from helpers.gated import GATE_ENV, make_gate, wait_for_gate  # noqa: E402
+from helpers.gated import DRAIN_ENV, GATE_ENV, make_gate, wait_for_gate  # noqa: E402
 
 
 def main() -> None:
-    config, storage, gate_root, *iterations = sys.argv[1:]
+    config, storage, gate_root, *events = sys.argv[1:]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests")])
+    os.environ["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] = "0.1"  # inherited by every node
     # The cluster starts without the storage's credentials: only the driver has them, and
     # passes them with --worker-env, the route the README documents.
     credentials = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_")}
@@ -47,12 +52,18 @@ def main() -> None:
     )
     node = cluster.add_node(num_cpus=1)
     cluster.connect()  # to look up where the run's actors live
+    iterations = [event.removeprefix("drain:") for event in events]
     gates = [make_gate(Path(gate_root) / f"gate{i}", int(i)) for i in iterations]
+    drained = [event.startswith("drain:") for event in events]
+    removals = [gate for gate, drain in zip(gates, drained, strict=True) if not drain]
+    (drains,) = [gate for gate, drain in zip(gates, drained, strict=True) if drain] or [""]
     command = [sys.executable, "-m", "raytrainer", "run", config, "--address", cluster.address]
     command += ["--storage-path", storage, "--checkpoint-period", "5", "--no-progress"]
     command += ["--max-failures", str(len(gates) + 1)]
-    if gates:
-        command += ["--worker-env", f"{GATE_ENV}={','.join(gates)}"]
+    if removals:
+        command += ["--worker-env", f"{GATE_ENV}={','.join(removals)}"]
+    if drains:
+        command += ["--worker-env", f"{DRAIN_ENV}={drains}"]
     for key, value in credentials.items():
         command += ["--worker-env", f"{key}={value}"]
     log = Path(gate_root) / "driver.log"  # a file: a full pipe would stall the driver
@@ -65,22 +76,39 @@ def main() -> None:
     )
     stopped, helpers_on, has_credentials = [], set(), {}
     try:
-        for i in iterations:  # the gates stop in order: each at its own iteration
+        for event, i in zip(events, iterations, strict=True):  # the gates stop in order
             iteration, _pid = wait_for_gate(Path(gate_root) / f"gate{i}")
             stopped.append(iteration)
             helpers_on |= _status_actor_nodes(cluster.head_node.node_id)
             if not has_credentials:  # what each live Ray process of the run was given
                 has_credentials = _credentials_seen(set(credentials))
-            cluster.remove_node(node)  # rank 0 goes with its node
+            if event.startswith("drain:"):
+                _drain(cluster.address, node.node_id, deadline_s=5)  # it stays, draining
+            else:
+                cluster.remove_node(node)  # rank 0 goes with its node
             node = cluster.add_node(num_cpus=1)
         driver.wait(timeout=600)
     finally:
         driver.kill()
         ray.shutdown()  # this process's connection, before its node goes
         cluster.shutdown()
-    err = log.read_text()[-3000:]
+    err = log.read_text()
+    notices = [line for line in err.splitlines() if "is being preempted" in line]
     report = {"stopped": stopped, "helpers_on": sorted(helpers_on), "credentials": has_credentials}
+    report["notices"], err = notices, err[-3000:]
     print(json.dumps({**report, "returncode": driver.returncode, "stderr": err}))
+
+
+def _drain(address: str, node_id: str, deadline_s: float) -> None:
+    """Drain a node as a cloud's preemption notice does: through the GCS, with a deadline."""
+    import ray
+    from ray.core.generated import autoscaler_pb2
+
+    reason = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")
+    deadline_ms = int((time.time() + deadline_s) * 1000)
+    client = ray._raylet.GcsClient(address=address)
+    accepted, why = client.drain_node(node_id, reason, "test preemption", deadline_ms)
+    assert accepted, why
 
 
 def _credentials_seen(keys: set[str]) -> dict[str, bool]:
