@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,9 @@ def add_dataclass_flags(
         )
         help_text = f"{f.metadata.get('doc', '')} (default: {default})".replace("%", "%%")
         options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if kind is bool:
+        if f.metadata.get("parse") is not None:
+            options.update(type=_flag_reader(f.metadata["parse"]), metavar="N|MIN-MAX")
+        elif kind is bool:
             options["action"] = "store_true"
         elif origin is typing.Literal:
             options["choices"] = list(args)
@@ -93,6 +95,18 @@ def add_dataclass_flags(
         else:
             options.update(type=kind, metavar=_METAVARS[kind])
         group.add_argument(*names, **options)
+
+
+def _flag_reader(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap a setting's parser so argparse shows its message (it hides a ValueError's)."""
+
+    def read(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return read
 
 
 def dataclass_from_flags(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
@@ -250,6 +264,9 @@ def _run(args: argparse.Namespace) -> int:
         from raytrainer.build import resolve_device
 
         resolve_device(settings.device)  # before anything is printed or started
+    else:
+        scaling = dataclass_from_flags(Scaling, args)  # validated before Ray is imported
+        scaling.check_batch_size(hyper_params.batch_size)
     if not settings.test_run:
         resolved = resolve_settings(hyper_params, settings)
         wandb = settings.wandb_mode
@@ -264,7 +281,6 @@ def _run(args: argparse.Namespace) -> int:
 
             result = run_local(hyper_params, settings)
         else:
-            scaling = dataclass_from_flags(Scaling, args)  # validated before Ray is imported
             from raytrainer.runners.ray_train import run
 
             result = run(hyper_params, settings, scaling, address=args.address)

@@ -32,6 +32,7 @@ def setting(
     per_process: bool = False,
     runner: Literal["local", "ray"] | None = None,
     sweep: bool = True,
+    parse: Callable[[str], Any] | None = None,
 ) -> Any:
     """Declare a settings field with its documentation.
 
@@ -54,6 +55,8 @@ def setting(
         The only runner the setting applies to; the CLI refuses its flag with the other one.
     sweep : bool
         Whether a sweep (its file's ``settings`` or ``raytrainer sweep``) may set it.
+    parse : Callable[[str], Any] or None
+        Reads the flag's text, for a field whose type the CLI does not read by itself.
     """
     metadata = {
         "doc": doc,
@@ -63,6 +66,7 @@ def setting(
         "per_process": per_process,
         "runner": runner,
         "sweep": sweep and runner != "local",
+        "parse": parse,
     }
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
@@ -353,24 +357,74 @@ def sweep_settings() -> set[str]:
     return {f.name for f in fields(ExperimentSettings) if f.metadata["cli"] and f.metadata["sweep"]}
 
 
+def parse_worker_count(text: str) -> int | tuple[int, int]:
+    """Read ``--num-workers``: ``N``, or ``MIN-MAX`` for an elastic run."""
+    low, dash, high = text.partition("-")
+    try:
+        return (int(low), int(high)) if dash else int(low)
+    except ValueError:
+        raise ConfigError(
+            f"--num-workers {text!r} is invalid: give a count (2) or a range (1-4)."
+        ) from None
+
+
 @dataclass(frozen=True)
 class Scaling:
     """How many Ray Train workers a run (or each sweep trial) uses, and what each gets."""
 
-    num_workers: int = setting(
-        1, "Ray Train workers (DDP ranks); batch_size is divided among them.", runner="ray"
+    num_workers: int | tuple[int, int] = setting(
+        1,
+        "Ray Train workers (DDP ranks); batch_size is divided among them. MIN-MAX makes the "
+        "run elastic: Ray Train runs as many as the cluster has room for in that range and "
+        "resizes the group as nodes come and go, resuming from the last checkpoint.",
+        runner="ray",
+        parse=parse_worker_count,
     )
     gpus_per_worker: float = setting(0, "GPUs per worker; 0 trains on CPU with gloo.", runner="ray")
     cpus_per_worker: float = setting(1, "CPUs reserved per worker.", runner="ray")
 
     def __post_init__(self) -> None:
+        if isinstance(self.num_workers, list):  # a range from YAML or JSON
+            object.__setattr__(self, "num_workers", tuple(self.num_workers))
+        counts = self.num_workers if isinstance(self.num_workers, tuple) else (self.num_workers,)
+        if not (
+            len(counts) in (1, 2)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts)
+            and counts[0] <= counts[-1]
+        ):
+            raise ConfigError(
+                f"scaling num_workers={self.num_workers!r} is invalid: it must be a positive "
+                "count, or a range MIN-MAX with 1 <= MIN <= MAX."
+            )
         for name, value, ok in (
-            ("num_workers", self.num_workers, self.num_workers >= 1),
             ("gpus_per_worker", self.gpus_per_worker, self.gpus_per_worker >= 0),
             ("cpus_per_worker", self.cpus_per_worker, self.cpus_per_worker > 0),
         ):
             if not ok:
                 raise ConfigError(f"scaling {name}={value!r} is invalid: it must be positive.")
+
+    @property
+    def worker_counts(self) -> range:
+        """Every worker count the run may have: one, or the elastic range."""
+        if isinstance(self.num_workers, tuple):
+            return range(self.num_workers[0], self.num_workers[1] + 1)
+        return range(self.num_workers, self.num_workers + 1)
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse a global ``batch_size`` that some worker count of the run cannot share.
+
+        Raises
+        ------
+        ConfigError
+            Naming the first count that does not divide it.
+        """
+        for count in self.worker_counts:  # an elastic run may get any count of its range
+            if batch_size % count:
+                raise ConfigError(
+                    f"batch_size={batch_size} is the global batch and must divide by every "
+                    f"worker count the run may have, and not by {count}; change batch_size or "
+                    "--num-workers."
+                )
 
 
 Scaling.__doc__ = _document(Scaling, Scaling.__doc__ or "")

@@ -190,6 +190,11 @@ def load_sweep(
         scaling = Scaling(**config.scaling)
     except TypeError as exc:
         raise ConfigError(f"invalid sweep {source}: scaling: {exc}") from None
+    if isinstance(scaling.num_workers, tuple):
+        raise ConfigError(
+            f"invalid sweep {source}: scaling.num_workers={list(scaling.num_workers)} is a "
+            "range, but a trial reserves a fixed number of workers; give one count."
+        )
     if hyper_params.batch_size % scaling.num_workers:
         raise ConfigError(
             f"invalid sweep {source}: batch_size={hyper_params.batch_size} must divide by "

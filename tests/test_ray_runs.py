@@ -16,6 +16,7 @@ import torch
 import yaml
 from helpers.gated import (
     GATE_ENV,
+    SAMPLES_ENV,
     SIGTERM_ENV,
     STARTS_ENV,
     make_gate,
@@ -24,7 +25,14 @@ from helpers.gated import (
 )
 from test_trainer_api import Recorder
 
-from raytrainer import ExperimentSettings, Scaling, load_hyper_params, run, run_local
+from raytrainer import (
+    ExperimentSettings,
+    Scaling,
+    ShardedBatchSampler,
+    load_hyper_params,
+    run,
+    run_local,
+)
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
 from raytrainer.storage import download_dir
 
@@ -352,3 +360,39 @@ def test_retention_counts_every_attempt_across_runner_switches(ray_cluster, tiny
     # trust it ("The run snapshot contains a reference to a checkpoint that does not exist").
     assert leg(40, False, 2) == ["checkpoint_000035", "checkpoint_000040"]
     assert leg(50, True, 2) == ["checkpoint_000045", "checkpoint_000050"]
+
+
+def test_another_worker_count_keeps_the_global_order_and_reproduces(
+    ray_cluster, tiny_config, tmp_path, monkeypatch
+):
+    """In-process to 10, an elastic Ray run (1-2 workers) to 20, in-process to 30, twice."""
+    finals = []
+    for attempt in ("first", "second"):
+        storage, log = tmp_path / attempt, tmp_path / f"{attempt}-samples"
+        log.mkdir()
+        monkeypatch.setenv(SAMPLES_ENV, str(log))  # the in-process legs
+        settings = _settings(storage, progress_bar_factory=None)
+        run_local(load_hyper_params({**tiny_config, "num_iterations": 10}), settings)
+        ray_settings = _settings(
+            storage, progress_bar_factory=None, worker_env={SAMPLES_ENV: str(log)}
+        )
+        hp = load_hyper_params({**tiny_config, "num_iterations": 20})
+        run(hp, ray_settings, Scaling(num_workers=(1, 2)))
+        hp = load_hyper_params({**tiny_config, "num_iterations": 30})
+        result = run_local(hp, settings)
+        run_dir = storage / result.run_id
+        sizes = [read_checkpoint(c).metadata["world_size"] for c in list_checkpoints(run_dir)]
+        assert sizes == [1, 2, 1]  # the elastic leg got both CPUs of the instance
+        # Each step read exactly the global batch one process reads, across the count changes.
+        read: dict[int, list[int]] = {}
+        for part in log.iterdir():
+            for line in part.read_text().splitlines():
+                step, *indices = map(int, line.split())
+                read.setdefault(step, []).extend(indices)
+        one_process = ShardedBatchSampler(hp.num_samples, hp.batch_size, hp.seed)
+        expected = {step: one_process.next_batch().tolist() for step in range(1, 31)}
+        assert {step: sorted(i) for step, i in read.items()} == {
+            step: sorted(i) for step, i in expected.items()
+        }
+        finals.append(_final_model(run_dir))
+    _assert_bitwise(*finals)  # the same sequence of worker counts reproduces bitwise

@@ -217,6 +217,8 @@ def test_cli_prints_a_start_line_and_a_last_line(tmp_path, config_file, capsys):
             "--num-workers, --max-failures, --worker-env: only for Ray runs",
         ),
         (["--local", "--address", "127.0.0.1:1"], "--address: only for Ray runs"),
+        (["--num-workers", "3-2"], "a range MIN-MAX with 1 <= MIN <= MAX"),
+        (["--num-workers", "1-3"], "batch_size=16 is the global batch and must divide by every"),
         (["--device", "cpu"], "--device: only for in-process runs (--local)"),
         (["--local", "--score-metric", "loss"], "--score-order min|max"),
     ],

@@ -66,6 +66,7 @@ def _checkpoints(sweep_dir: Path) -> list[Path]:
         ({"settings": {"checkpoint_perod": 5}}, "did you mean 'checkpoint_period'?"),
         ({"settings": {"do_not_load_checkpoint": True}}, "not a sweep's to set"),
         ({"metrc": "loss"}, "metrc: unknown field"),
+        ({"scaling": {"num_workers": [1, 2]}}, "is a range, but a trial reserves a fixed"),
     ],
 )
 def test_a_bad_sweep_file_is_one_clear_error_before_ray_starts(

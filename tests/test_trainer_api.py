@@ -180,9 +180,7 @@ def test_train_save_load_cycle(tmp_path, tiny_config):
         again.load_and_set_state_from_checkpoint(version="3")
 
 
-def test_a_preemption_notice_saves_at_that_step_and_the_rerun_resumes_there(
-    tmp_path, tiny_config
-):
+def test_a_preemption_notice_saves_at_that_step_and_the_rerun_resumes_there(tmp_path, tiny_config):
     hp = load_hyper_params(tiny_config)
     seen = []  # the iterations at which the notice was asked for
 

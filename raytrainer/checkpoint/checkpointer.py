@@ -10,6 +10,7 @@ that verifies. Where checkpoints live is the backend's business; their layout is
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import subprocess
 import tempfile
@@ -61,6 +62,19 @@ def git_sha() -> str | None:
         return None
     sha = out.stdout.strip()
     return sha if out.returncode == 0 and sha else None
+
+
+def derived_seed(rngs: Mapping[int, dict[str, Any]], rank: int, world_size: int) -> int:
+    """A seed for ``rank`` of ``world_size`` from generator states saved by another count.
+
+    Rank ``r`` takes saved rank ``r mod saved count``'s torch state, hashed with ``(r,
+    world_size)``: deterministic, so resuming with the same counts twice gives the same streams,
+    and distinct per rank.
+    """
+    saved = rngs[sorted(rngs)[rank % len(rngs)]]
+    digest = hashlib.sha256(saved["torch"].numpy().tobytes())
+    digest.update(f"{rank}/{world_size}".encode())
+    return int.from_bytes(digest.digest()[:8], "little") % 2**63
 
 
 def run_metadata(run_id: str, trainer_cls: type, iteration: int, world_size: int) -> dict:
@@ -281,7 +295,8 @@ class Checkpointer:
         """Set a loaded state: ``apply(iteration, metrics, trainer_state)``, then this rank's RNG.
 
         Runs on every rank. A checkpoint saved by a different number of ranks cannot restore
-        every stream: they are reseeded, with a warning.
+        every stream: each rank's are derived from the saved ones (:func:`derived_seed`), with
+        a warning.
         """
         state = dict(full_state)
         trainer_state = state.pop(TRAINER_KEY)
@@ -290,17 +305,18 @@ class Checkpointer:
         self.best_score = trainer_state.get("best_score")
         apply(iteration, dict(trainer_state["metrics"]), state)
         settings = self.settings
-        own = rngs.get(settings.world_rank)
-        if own is None or len(rngs) != settings.world_size:
+        if len(rngs) == settings.world_size and settings.world_rank in rngs:
+            set_rng_state(rngs[settings.world_rank])
+            return
+        if settings.is_rank_zero:
             self.logger.warning(
-                "checkpoint holds RNG state for %d rank(s) but this run has %d; random streams "
-                "are reseeded, so the resume is not exact.",
+                "checkpoint holds RNG state for %d rank(s) but this run has %d: each rank's "
+                "generators are derived from the saved ones (the same sequence of worker counts "
+                "reproduces bitwise; it cannot equal a run that kept one count).",
                 len(rngs),
                 settings.world_size,
             )
-            seed_everything(self.hyper_params.seed + settings.world_rank + iteration)
-        else:
-            set_rng_state(own)
+        seed_everything(derived_seed(rngs, settings.world_rank, settings.world_size))
 
     def load_active_run(self) -> dict[str, Any]:
         """Load the newest checkpoint of this run that verifies; return its state.

@@ -60,11 +60,7 @@ def run(
         workers' error.
     """
     scaling = scaling or Scaling()
-    if hyper_params.batch_size % scaling.num_workers:
-        raise ConfigError(
-            f"batch_size={hyper_params.batch_size} is the global batch and must divide by "
-            f"num_workers={scaling.num_workers}."
-        )
+    scaling.check_batch_size(hyper_params.batch_size)
     if settings.test_run:
         return dry_run(hyper_params, settings, lambda hp, s: run(hp, s, scaling, address=address))
     began = time.perf_counter()

@@ -16,6 +16,8 @@ there — what ``ray job stop`` or a scheduler does to the driver, at a known po
 With ``RAYTRAINER_TEST_DRAIN=<iteration>:<folder>`` rank 0 writes ``GATE <iteration> <pid>`` into
 ``<folder>/out`` at that iteration's step, then waits until its runner reports a preemption
 notice (``settings.preempted``: the test drains the node), so the notice is seen exactly there.
+With ``RAYTRAINER_TEST_SAMPLES=<folder>`` every process of the regression trainer appends a
+line ``<step> <index> ...`` per step to ``<folder>/<pid>.txt``: the samples its rank read.
 Without the variables this is the example trainer.
 """
 
@@ -36,6 +38,7 @@ SIGTERM_ENV = "RAYTRAINER_TEST_SIGTERM"
 DRAIN_ENV = "RAYTRAINER_TEST_DRAIN"
 SKIP_ENV = "RAYTRAINER_TEST_GATE_SKIP"
 STARTS_ENV = "RAYTRAINER_TEST_STARTS"
+SAMPLES_ENV = "RAYTRAINER_TEST_SAMPLES"
 
 
 def make_gate(folder: Path, iteration: int) -> str:
@@ -138,6 +141,21 @@ class GatedSgdPpoTrainer(GatedVanillaPpoTrainer):
 
 class GatedRegressionTrainer(GateMixin, RegressionTrainer):
     """:class:`RegressionTrainer` that can block after one checkpoint (see module docstring)."""
+
+    def make_sampler(self, num_samples: int):  # noqa: ANN201
+        sampler = super().make_sampler(num_samples)
+        folder = os.environ.get(SAMPLES_ENV)
+        if folder:
+            draw = sampler.next_batch
+
+            def logged() -> torch.Tensor:
+                indices = draw()
+                with open(Path(folder) / f"{os.getpid()}.txt", "a") as out:
+                    out.write(" ".join(map(str, [self.iteration + 1, *indices.tolist()])) + "\n")
+                return indices
+
+            sampler.next_batch = logged
+        return sampler
 
     def training_step(self) -> None:
         starts = os.environ.get(STARTS_ENV)
