@@ -18,6 +18,7 @@ _WHERE = {
     "Backend": "raytrainer.backends",
     "CheckPointNotFoundError": "raytrainer.errors",
     "CheckpointCorruptError": "raytrainer.errors",
+    "CheckpointSaveError": "raytrainer.errors",
     "CheckpointStateError": "raytrainer.errors",
     "CheckpointVersionError": "raytrainer.errors",
     "ConfigError": "raytrainer.errors",

@@ -65,6 +65,10 @@ class CheckpointCorruptError(RayTrainerError):
     """A checkpoint is incomplete or its files do not match the recorded digests."""
 
 
+class CheckpointSaveError(RayTrainerError):
+    """A checkpoint saved in the background (Ray runs) could not be written or persisted."""
+
+
 class CheckpointVersionError(RayTrainerError):
     """A checkpoint was written with a schema version this code cannot read."""
 

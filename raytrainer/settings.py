@@ -199,6 +199,13 @@ class ExperimentSettings:
         cli=False,
         per_process=True,
     )
+    sync_saves: bool = setting(
+        False,
+        "Under Ray, make save_checkpoint() return only once the checkpoint is in storage "
+        "(by default a copy is written and persisted on a background thread while training "
+        "goes on, one at a time).",
+        runner="ray",
+    )
     log_period: int = setting(
         50,
         "Iterations between logs of the recorded metrics to W&B and the progress bar "

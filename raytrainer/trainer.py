@@ -299,7 +299,10 @@ class Trainer(DataParallelMixin, ABC):
         Runs on every rank: the RNG states are gathered, rank 0 writes the folder, and every
         rank calls the backend's ``persist`` (a barrier under Ray), reporting ``{"iteration",
         **recorded metrics}``; rank 0's W&B mirror uploads it later from its own thread.
-        ``log`` says whether to log the checkpointing.
+        Under Ray (unless ``settings.sync_saves``) it returns once the state is copied: the
+        writing and persisting happen on a background thread, one save at a time, and the
+        next save, a load and the end of the run wait for it. ``log`` says whether to log the
+        checkpointing.
         """
         self._checkpointer.save(
             self._state_dict(), self.iteration, self.metrics, self._get_metadata, log

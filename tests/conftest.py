@@ -133,9 +133,6 @@ def ray_cluster(s3_server, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_AUTH_MODE", "disabled")  # the same for this head and `ray job` clients
         env.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        # What raytrainer gives the job when it starts Ray itself (runners/ray_train.py): the
-        # controller collects reports every 0.1 s, not 2 s, so a save does not wait for it.
-        env.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
         # Jobs' entrypoints (`raytrainer ...`) run with the head's PATH: put this venv first.
         env.setenv("PATH", str(Path(sys.executable).parent), prepend=os.pathsep)
         env.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests")]))

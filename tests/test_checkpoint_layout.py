@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from raytrainer.checkpoint.layout import file_digest
 from raytrainer.errors import (
     CheckpointCorruptError,
     CheckPointNotFoundError,
+    CheckpointSaveError,
     CheckpointStateError,
     CheckpointVersionError,
 )
@@ -256,3 +258,31 @@ def test_retention_by_score_always_keeps_the_latest(tmp_path, order, latest_loss
         _write(tmp_path, it, {"loss": loss})
     apply_retention(tmp_path, 3, "loss", order)
     assert [int(p.name[-6:]) for p in list_checkpoints(tmp_path)] == kept
+
+
+def test_a_background_save_works_on_a_copy_one_at_a_time_and_names_its_failure():
+    from raytrainer.checkpoint.checkpointer import BackgroundSave, snapshot
+
+    weights = torch.zeros(3)
+    state = {"model": {"w": weights}, "sampler": {"position": 4}, "steps": [torch.ones(1)]}
+    copy = snapshot(state)
+    weights += 1  # training goes on with the originals
+    assert torch.equal(copy["model"]["w"], torch.zeros(3)) and copy["sampler"] == {"position": 4}
+    assert copy["steps"][0] is not state["steps"][0]
+
+    saves, order = BackgroundSave(), []
+    release = threading.Event()
+    saves.submit("checkpoint_000010", lambda: (release.wait(), order.append(10)))
+    release.set()
+    saves.submit("checkpoint_000020", lambda: order.append(20))
+    assert order[0] == 10  # the first was done before the second started
+    saves.wait()
+    assert order == [10, 20]
+
+    def fail() -> None:
+        raise OSError("bucket unreachable")
+
+    saves.submit("checkpoint_000030", fail)
+    with pytest.raises(CheckpointSaveError, match=r"saving checkpoint_000030 failed .*unreachable"):
+        saves.wait()
+    saves.wait()  # reported once

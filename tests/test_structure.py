@@ -191,6 +191,7 @@ PUBLIC = [
     "Backend",
     "CheckPointNotFoundError",
     "CheckpointCorruptError",
+    "CheckpointSaveError",
     "CheckpointStateError",
     "CheckpointVersionError",
     "ConfigError",

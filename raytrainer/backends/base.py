@@ -25,10 +25,15 @@ class Backend(ABC):
         Where the run's checkpoints are kept: a folder or a URI such as ``s3://b/p/run``.
     staging_dir : Path
         The local folder this process writes checkpoint folders into.
+    asynchronous : bool
+        Whether a save is written and persisted on a background thread while training goes
+        on (one at a time); ``persist`` then runs on that thread.
     """
 
     storage_uri: str
     staging_dir: Path
+    asynchronous: bool = False
+    """Whether saves are written and persisted on a background thread (training goes on)."""
 
     @abstractmethod
     def checkpoint_candidates(self) -> Iterator[Path]:

@@ -35,6 +35,8 @@ class RayTrainBackend(TemporaryStagingBackend):
     num_to_keep, score_metric, score_order
         Retention, applied by rank 0 after each save to what is in storage (Ray keeps every
         checkpoint it is given: its own count would miss earlier attempts' checkpoints).
+    asynchronous : bool
+        Whether saves are written and reported on a background thread (the default).
     """
 
     def __init__(
@@ -44,8 +46,10 @@ class RayTrainBackend(TemporaryStagingBackend):
         num_to_keep: int | None = None,
         score_metric: str | None = None,
         score_order: Literal["max", "min"] | None = None,
+        asynchronous: bool = True,
     ) -> None:
         self.run_id = run_id
+        self.asynchronous = asynchronous
         self.storage_uri = storage.join(storage_root, run_id)
         self.num_to_keep = num_to_keep
         self.score_metric = score_metric

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from raytrainer.checkpoint.wandb_mirror import WandbClient, open_mirror
 from raytrainer.errors import (
     CheckpointCorruptError,
     CheckPointNotFoundError,
+    CheckpointSaveError,
     CheckpointStateError,
     MetricError,
 )
@@ -62,6 +64,59 @@ def git_sha() -> str | None:
         return None
     sha = out.stdout.strip()
     return sha if out.returncode == 0 and sha else None
+
+
+def snapshot(value: Any) -> Any:
+    """Copy every tensor of a nested state to the CPU, so training may change the originals.
+
+    Dicts, lists and tuples are rebuilt; other leaves (numbers, strings) are immutable.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: snapshot(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(snapshot(item) for item in value)
+    return value
+
+
+class BackgroundSave:
+    """Runs one checkpoint save at a time on a thread of its own.
+
+    :meth:`submit` first waits for the previous save; a save that failed raises
+    :class:`CheckpointSaveError` at the next :meth:`submit` or :meth:`wait`, naming it.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._name = ""
+        self._error: BaseException | None = None
+
+    def submit(self, name: str, work: Callable[[], Any]) -> None:
+        """Wait for the save in flight, then start ``work`` (saving checkpoint ``name``)."""
+        self.wait()
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # raised on the training thread, at the next wait
+                self._error = exc
+
+        self._name = name
+        self._thread = threading.Thread(target=run, name=f"raytrainer-save-{name}", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the save in flight is done; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise CheckpointSaveError(
+                f"saving {self._name} failed in the background ({type(error).__name__}: "
+                f"{error}); the previous checkpoint is intact and a restart resumes from it."
+            ) from error
 
 
 def derived_seed(rngs: Mapping[int, dict[str, Any]], rank: int, world_size: int) -> int:
@@ -132,6 +187,7 @@ class Checkpointer:
         """The run and iteration of the checkpoint this process started from, if any."""
         self.last_saved_iteration: int | None = None  # by this process
         self._logged_iteration: int | None = None  # the last metrics row sent to W&B
+        self._background = BackgroundSave()
         self.mirror = open_mirror(
             settings, hyper_params.to_dict(), backend.staging_dir, wandb_client_cls
         )
@@ -140,8 +196,9 @@ class Checkpointer:
         """Flush the W&B mirror, waiting at most ``timeout`` (default the flush timeout) seconds.
 
         Returns the names of checkpoints and artifacts that could not be mirrored (also logged
-        as a warning). Closing twice is harmless.
+        as a warning). Closing twice is harmless. First waits for a save in progress.
         """
+        self.wait_saved()
         if self.mirror is None:
             return []
         mirror, self.mirror = self.mirror, None
@@ -225,38 +282,74 @@ class Checkpointer:
             self.best_score = score if is_best else self.best_score
         full_state = self._pack(state, iteration, metrics)
         reported = {"iteration": iteration, **metrics}
-        directory = staged = digests = None
+        meta = None
         if settings.is_rank_zero:
+            meta = {
+                **metadata(),
+                "metrics": reported,
+                "score_metric": metric,
+                "score_order": settings.checkpoint_score_order,
+                "restored_from": self.restored_from,
+            }
+        self.last_saved_iteration = iteration
+        self.log_metrics(iteration, metrics)
+        args = (iteration, reported, meta, is_best, log, started)
+        if not self.backend.asynchronous:
+            return self._write_and_persist(full_state, *args)
+        # Training goes on while a copy is written and persisted; the next save, a load and
+        # close() wait for it (at most one in flight).
+        self._background.wait()
+        copy = snapshot(full_state)
+        blocked = time.perf_counter() - started
+        self._background.submit(
+            checkpoint_dir_name(iteration),
+            lambda: self._write_and_persist(copy, *args, blocked),
+        )
+        return storage.join(self.backend.storage_uri, checkpoint_dir_name(iteration))
+
+    def _write_and_persist(
+        self,
+        full_state: dict[str, Any],
+        iteration: int,
+        reported: dict[str, Any],
+        meta: dict[str, Any] | None,
+        is_best: bool,
+        log: bool,
+        started: float,
+        blocked: float | None = None,
+    ) -> str:
+        """Rank 0 writes the folder and stages it for W&B; every rank persists it.
+
+        ``started``: when the save began (``perf_counter``); ``blocked``: how long the training
+        thread waited for a save made in the background.
+        """
+        directory = staged = digests = None
+        if meta is not None:  # rank 0
             directory = self.backend.staging_dir / checkpoint_dir_name(iteration)
-            written = write_checkpoint(
-                directory,
-                full_state,
-                self.hyper_params.to_saved(),
-                {
-                    **metadata(),
-                    "metrics": reported,
-                    "score_metric": metric,
-                    "score_order": settings.checkpoint_score_order,
-                    "restored_from": self.restored_from,
-                },
-            )
+            written = write_checkpoint(directory, full_state, self.hyper_params.to_saved(), meta)
             digests = written["files"]
             if self.mirror is not None:
                 expected = storage.join(self.backend.storage_uri, directory.name)
                 staged = self.mirror.stage(directory, expected)
         location = self.backend.persist(directory, iteration, reported)
-        self.last_saved_iteration = iteration
-        self.log_metrics(iteration, metrics)
         if self.mirror is not None:
             self.mirror.mirror_checkpoint(staged, location, iteration, reported, digests, is_best)
-        if log and settings.is_rank_zero:
-            self.logger.info(
-                "saved checkpoint %s at iteration %d in %.3fs",
-                location,
-                iteration,
-                time.perf_counter() - started,
-            )
+        if log and self.settings.is_rank_zero:
+            took = time.perf_counter() - started
+            blocking = "" if blocked is None else f" (training blocked {blocked:.3f}s)"
+            message = "saved checkpoint %s at iteration %d in %.3fs%s"
+            self.logger.info(message, location, iteration, took, blocking)
         return location
+
+    def wait_saved(self) -> None:
+        """Wait until the checkpoint being saved in the background (if any) is in storage.
+
+        Raises
+        ------
+        CheckpointSaveError
+            If that save failed; it names the checkpoint.
+        """
+        self._background.wait()
 
     def _pack(
         self, state: dict[str, Any], iteration: int, metrics: Mapping[str, float]
@@ -330,6 +423,7 @@ class Checkpointer:
         CheckPointNotFoundError
             If the run has no checkpoint that verifies.
         """
+        self.wait_saved()
         skipped = []
         for directory in self.backend.checkpoint_candidates():
             # Named by where it is stored: on cloud storage ``directory`` is a local copy.

@@ -305,6 +305,7 @@ def train_worker(config: dict[str, Any]) -> None:
         plain["num_to_keep"],
         plain["checkpoint_score_metric"],
         plain["checkpoint_score_order"],
+        asynchronous=not plain["sync_saves"],
     )
     settings = ExperimentSettings(
         **plain,

@@ -97,6 +97,8 @@ class GateMixin:
         gates = os.environ.get(GATE_ENV)
         if not gates or not self.settings.is_rank_zero:
             return
+        if any(int(gate.split(":", 1)[0]) == self.iteration for gate in gates.split(",")):
+            self._checkpointer.wait_saved()  # the gate's checkpoint is in storage when it stops
         for gate in gates.split(","):
             self._pass_gate(*gate.split(":", 1))
 
