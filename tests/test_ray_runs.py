@@ -3,6 +3,7 @@ S3 storage, and the driver's progress bar. One Ray instance serves the module.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -365,24 +366,24 @@ def test_retention_counts_every_attempt_across_runner_switches(ray_cluster, tiny
 def test_another_worker_count_keeps_the_global_order_and_reproduces(
     ray_cluster, tiny_config, tmp_path, monkeypatch
 ):
-    """In-process to 10, an elastic Ray run (1-2 workers) to 20, in-process to 30, twice."""
+    """2 Ray workers to 10, in-process to 20, an elastic Ray run (1-2 workers) to 30, twice."""
     finals = []
     for attempt in ("first", "second"):
         storage, log = tmp_path / attempt, tmp_path / f"{attempt}-samples"
         log.mkdir()
-        monkeypatch.setenv(SAMPLES_ENV, str(log))  # the in-process legs
+        monkeypatch.setenv(SAMPLES_ENV, str(log))  # the in-process leg
         settings = _settings(storage, progress_bar_factory=None)
-        run_local(load_hyper_params({**tiny_config, "num_iterations": 10}), settings)
-        ray_settings = _settings(
-            storage, progress_bar_factory=None, worker_env={SAMPLES_ENV: str(log)}
-        )
-        hp = load_hyper_params({**tiny_config, "num_iterations": 20})
-        run(hp, ray_settings, Scaling(num_workers=(1, 2)))
-        hp = load_hyper_params({**tiny_config, "num_iterations": 30})
-        result = run_local(hp, settings)
+        ray_settings = dataclasses.replace(settings, worker_env={SAMPLES_ENV: str(log)})
+        legs = [(10, Scaling(num_workers=2)), (20, None), (30, Scaling(num_workers=(1, 2)))]
+        for iterations, scaling in legs:
+            hp = load_hyper_params({**tiny_config, "num_iterations": iterations})
+            if scaling is None:
+                result = run_local(hp, settings)
+            else:
+                result = run(hp, ray_settings, scaling)
         run_dir = storage / result.run_id
         sizes = [read_checkpoint(c).metadata["world_size"] for c in list_checkpoints(run_dir)]
-        assert sizes == [1, 2, 1]  # the elastic leg got both CPUs of the instance
+        assert sizes == [2, 1, 2]  # the elastic leg got both CPUs of the instance
         # Each step read exactly the global batch one process reads, across the count changes.
         read: dict[int, list[int]] = {}
         for part in log.iterdir():
