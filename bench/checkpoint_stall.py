@@ -10,7 +10,7 @@ checkpoint ... in X s (training blocked Y s)``). Baselines, for the same state: 
 cell, the median over the saves after the first three and its ratio to the bare ``torch.save``.
 Usage::
 
-    python bench/checkpoint_stall.py [--iterations 1600]
+    python bench/checkpoint_stall.py [--iterations 1600] [--hidden 64 2300]
 """
 
 from __future__ import annotations
@@ -151,12 +151,15 @@ def _row(size: int, where: str, label: str, blocked: float, bare: float) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=1600)
+    parser.add_argument(
+        "--hidden", type=int, nargs="+", default=[64, 2300], help="hidden_dim of each state"
+    )
     args = parser.parse_args()
     server, s3_env = moto_server()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_TRAIN_HEALTH")}
     print(f"{'state':>8} {'storage':>8} {'save':>24} {'blocks (median)':>15} {'ratio':>6}")
     try:
-        for hidden in (64, 2300):
+        for hidden in args.hidden:
             with tempfile.TemporaryDirectory() as root:
                 state_file, size, bare = Path(root) / "state.pt", 0, 0.0
                 for where in ("local", "s3"):

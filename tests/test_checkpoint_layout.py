@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 
 import pytest
@@ -286,3 +287,34 @@ def test_a_background_save_works_on_a_copy_one_at_a_time_and_names_its_failure()
     with pytest.raises(CheckpointSaveError, match=r"saving checkpoint_000030 failed .*unreachable"):
         saves.wait()
     saves.wait()  # reported once
+
+
+def test_an_upload_replaces_a_partial_copy_retries_and_names_its_failure(tmp_path, caplog):
+    from raytrainer.checkpoint.layout import upload_checkpoint
+
+    source = _write(tmp_path / "staging", 10)
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    blocker = storage / "run"  # a file where the run's folder goes: every copy fails
+    blocker.write_text("not a folder")
+
+    class Unblock(logging.Handler):  # the first retry warning clears the way
+        def emit(self, record: logging.LogRecord) -> None:
+            if "attempt 2 of 3" in record.getMessage():
+                blocker.unlink()
+
+    handler = Unblock()
+    logging.getLogger("raytrainer").addHandler(handler)
+    try:
+        upload_checkpoint(source, str(storage / "run" / source.name), backoff_s=0)
+    finally:
+        logging.getLogger("raytrainer").removeHandler(handler)
+    assert "uploading checkpoint_000010 to" in caplog.text and "attempt 2 of 3" in caplog.text
+    copied = storage / "run" / source.name
+    assert verify_checkpoint(copied)["iteration"] == 10  # every file, digests intact
+    # A partial folder left at the destination is replaced, not merged.
+    (copied / "leftover.pt").write_bytes(b"x")
+    upload_checkpoint(source, str(copied))
+    assert not (copied / "leftover.pt").exists()
+    with pytest.raises(CheckpointSaveError, match=r"uploading checkpoint_000010 to .* 2 times"):
+        upload_checkpoint(source, str(source / "metadata.json" / "x"), 2, 0)

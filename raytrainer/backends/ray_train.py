@@ -20,6 +20,7 @@ from raytrainer.checkpoint.layout import (
     apply_retention,
     checkpoint_dir_name,
     parse_iteration,
+    upload_checkpoint,
 )
 
 
@@ -80,13 +81,25 @@ class RayTrainBackend(TemporaryStagingBackend):
     def persist(self, directory: Path | None, iteration: int, metrics: Mapping[str, Any]) -> str:
         """Report the checkpoint (every rank: a barrier); rank 0 passes the folder it wrote.
 
-        Blocks until Ray has copied the folder to storage; the staging copy is then removed
-        and rank 0 applies retention.
+        Blocks until the folder is in storage (copied by :meth:`_upload`, inside Ray's report);
+        the staging copy is then removed and rank 0 applies retention.
         """
         name = checkpoint_dir_name(iteration)
         checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
-        ray.train.report(dict(metrics), checkpoint=checkpoint, checkpoint_dir_name=name)
+        ray.train.report(
+            dict(metrics),
+            checkpoint=checkpoint,
+            checkpoint_dir_name=name,
+            checkpoint_upload_fn=self._upload,
+        )
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
             apply_retention(self.storage_uri, self.num_to_keep, self.score_metric, self.score_order)
         return storage.join(self.storage_uri, name)
+
+    def _upload(self, checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
+        """Ray's upload step: our copy, metadata last and retried (``upload_checkpoint``)."""
+        location = storage.join(self.storage_uri, name)
+        upload_checkpoint(Path(checkpoint.path), location)
+        filesystem, path = storage.resolve(location)
+        return ray.train.Checkpoint(path, filesystem=filesystem)

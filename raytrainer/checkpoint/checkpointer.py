@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 import subprocess
 import tempfile
@@ -78,6 +79,43 @@ def snapshot(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(snapshot(item) for item in value)
     return value
+
+
+class RngGather:
+    """Every rank's RNG state gathered to all ranks without waiting: an async all-gather.
+
+    Each rank serialises its state into a fixed-size byte buffer (the ranks' states may differ
+    in size, and an all-gather needs one size). :meth:`result` waits and decodes.
+    """
+
+    capacity = 1 << 18  # bytes; a CPU RNG state is ~16 KB, a GPU's adds ~16 bytes
+
+    def __init__(self, rng: dict[str, Any], world_size: int, device: torch.device) -> None:
+        buffer = io.BytesIO()
+        torch.save(rng, buffer)
+        data = buffer.getvalue()
+        if len(data) + 8 > self.capacity:
+            raise CheckpointStateError(
+                f"this rank's RNG state takes {len(data)} bytes, more than the "
+                f"{self.capacity - 8} a checkpoint gathers."
+            )
+        padded = torch.zeros(self.capacity, dtype=torch.uint8)
+        padded[:8] = torch.tensor([len(data)], dtype=torch.int64).view(torch.uint8)
+        padded[8 : 8 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        padded = padded.to(device)
+        self._gathered = [torch.empty_like(padded) for _ in range(world_size)]
+        self._work = dist.all_gather(self._gathered, padded, async_op=True)
+
+    def result(self) -> dict[int, dict[str, Any]]:
+        """Wait for the gather; return every rank's RNG state by rank."""
+        self._work.wait()
+        states = {}
+        for rank, received in enumerate(self._gathered):
+            received = received.cpu()
+            size = int(received[:8].view(torch.int64)[0])
+            data = io.BytesIO(received[8 : 8 + size].numpy().tobytes())
+            states[rank] = torch.load(data, weights_only=True)
+        return states
 
 
 class BackgroundSave:
@@ -323,6 +361,8 @@ class Checkpointer:
         ``started``: when the save began (``perf_counter``); ``blocked``: how long the training
         thread waited for a save made in the background.
         """
+        if isinstance(full_state[RNG_KEY], RngGather):
+            full_state = {**full_state, RNG_KEY: full_state[RNG_KEY].result()}
         directory = staged = digests = None
         if meta is not None:  # rank 0
             directory = self.backend.staging_dir / checkpoint_dir_name(iteration)
@@ -354,7 +394,11 @@ class Checkpointer:
     def _pack(
         self, state: dict[str, Any], iteration: int, metrics: Mapping[str, float]
     ) -> dict[str, Any]:
-        """The trainer's state plus the base class's: iteration, metrics, every rank's RNG."""
+        """The trainer's state plus the base class's: iteration, metrics, every rank's RNG.
+
+        Under an asynchronous backend the RNG entry is an :class:`RngGather` still in flight;
+        :meth:`_write_and_persist` waits for it.
+        """
         reserved = [key for key in state if key.startswith("_")]
         if reserved:
             raise CheckpointStateError(
@@ -362,12 +406,15 @@ class Checkpointer:
             )
         rng = get_rng_state()
         world_size = self.settings.world_size
-        if world_size > 1 and dist.is_available() and dist.is_initialized():
+        rngs: dict[int, Any] | RngGather
+        if not (world_size > 1 and dist.is_available() and dist.is_initialized()):
+            rngs = {self.settings.world_rank: rng}
+        elif self.backend.asynchronous:
+            rngs = RngGather(rng, world_size, self.device)  # every rank's stream, to rank 0
+        else:
             gathered: list[Any] = [None] * world_size
             dist.all_gather_object(gathered, rng)  # every rank's stream, kept by rank 0
             rngs = dict(enumerate(gathered))
-        else:
-            rngs = {self.settings.world_rank: rng}
         return {
             **state,
             TRAINER_KEY: {

@@ -39,12 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow.fs as pafs
 import torch
 import xxhash
 
 from raytrainer.errors import (
     CheckpointCorruptError,
     CheckPointNotFoundError,
+    CheckpointSaveError,
     CheckpointStateError,
     CheckpointVersionError,
 )
@@ -478,6 +480,61 @@ def find_checkpoint(run_dir: Path, version: str | int = "latest") -> Path:
     """Return the local folder for ``version``: ``"latest"``, an iteration, or a folder name."""
     names = [p.name for p in list_checkpoints(run_dir)]
     return Path(run_dir) / select_checkpoint(names, version, str(run_dir))
+
+
+def upload_checkpoint(
+    local: Path, location: str, attempts: int = 3, backoff_s: float = 1.0
+) -> None:
+    """Copy a written checkpoint folder to storage, its metadata last; retry a failed copy.
+
+    A folder already at ``location`` (left by a killed attempt) is replaced. Each file is
+    copied whole and ``metadata.json`` after every other, so a reader that finds the metadata
+    finds the rest, and an interrupted copy is a partial checkpoint that resuming skips. A
+    failed copy is logged and started again after ``backoff_s`` (doubling), ``attempts`` times
+    in all.
+
+    Raises
+    ------
+    CheckpointSaveError
+        After the last failed attempt, naming the checkpoint, the location and the error.
+    """
+    import logging
+    import time
+
+    from raytrainer import storage  # pyarrow: only where storage is touched
+
+    files = sorted(p for p in Path(local).rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == METADATA_FILE)  # stable: the metadata goes last
+    logger = logging.getLogger("raytrainer")
+    for attempt in range(1, attempts + 1):
+        try:
+            fs, path = storage.resolve(location)
+            if fs.get_file_info(path).type != pafs.FileType.NotFound:
+                fs.delete_dir(path)
+            for file in files:
+                target = f"{path}/{file.relative_to(local).as_posix()}"
+                fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                with file.open("rb") as source, fs.open_output_stream(target) as out:
+                    shutil.copyfileobj(source, out, 8 * 2**20)
+            return
+        except OSError as exc:
+            if attempt == attempts:
+                raise CheckpointSaveError(
+                    f"uploading {Path(local).name} to {location} failed {attempts} times, last "
+                    f"with {type(exc).__name__}: {exc}"
+                ) from exc
+            wait = backoff_s * 2 ** (attempt - 1)
+            logger.warning(
+                "uploading %s to %s failed (%s: %s); attempt %d of %d in %.0f s",
+                Path(local).name,
+                location,
+                type(exc).__name__,
+                exc,
+                attempt + 1,
+                attempts,
+                wait,
+            )
+            time.sleep(wait)
 
 
 def apply_retention(

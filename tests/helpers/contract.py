@@ -57,6 +57,7 @@ def exercise(backend: Backend, settings: ExperimentSettings, config: dict) -> di
                 log=False,
             )
         )
+    checkpointer.wait_saved()  # an asynchronous backend's last save may still be in flight
     candidates = [p.name for p in backend.checkpoint_candidates()]
     verified = [verify_checkpoint(Path(loc))["iteration"] for loc in locations]  # local storage
     newest = Path(storage.join(backend.storage_uri, candidates[0])) / "weights.pt"
