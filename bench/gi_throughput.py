@@ -10,8 +10,8 @@ Prints, from one run of this script:
   split of an iteration into rollout, update (GAE included) and checkpoint.
 
 Medians over interleaved repeats. Usage:
-python bench/gi_throughput.py [--repeats 3] [--iterations 200] [--episodes 1024]
-    [--ppo-iterations 20]
+python bench/gi_throughput.py [--repeats 5] [--iterations 200] [--episodes 1024]
+    [--ppo-iterations 20] [--parts rollout solo ppo]
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ def rollout_steps_per_second(storage: str, episodes: int, with_agents: bool) -> 
     return steps / (time.perf_counter() - start)
 
 
-def direct_samples_per_second(storage: str, iterations: int) -> float:
+def direct_samples_per_second(storage: str, iterations: int, repeat: int) -> float:
     """The same training steps, called in a plain loop on a trainer built by raytrainer."""
-    hp = load_hyper_params(config(iterations))
+    hp = load_hyper_params({**config(iterations), "seed": repeat})
     settings = ExperimentSettings(storage_path=storage, wandb_mode="disabled")
     trainer = build_trainer(hp, settings)
     assert isinstance(trainer, SoloAgentTrainer)
@@ -185,46 +185,76 @@ def raytrainer_ppo(storage: str, iterations: int) -> float:
     return TimedPpoTrainer.frames / TRAIN_SECONDS[-1]
 
 
+def _pairs(direct: list[float], runner: list[float]) -> str:
+    """Each repeat's two measurements, direct/raytrainer."""
+    return ", ".join(f"{d:,.0f}/{r:,.0f}" for d, r in zip(direct, runner, strict=True))
+
+
+def rollout_part(root: str, args: argparse.Namespace) -> None:
+    env_only = [rollout_steps_per_second(root, args.episodes, False) for _ in range(3)]
+    with_agents = [rollout_steps_per_second(root, args.episodes, True) for _ in range(3)]
+    print(f"nip rollout, {args.episodes} episodes, random policies:")
+    print(f"  environment only      {statistics.median(env_only):>12,.0f} steps/s")
+    print(f"  with agents' forwards {statistics.median(with_agents):>12,.0f} steps/s")
+
+
+def solo_part(root: str, args: argparse.Namespace) -> None:
+    direct, runner = [], []
+    for repeat in range(args.repeats):  # interleaved; both read the dataset cached in root
+        # The same seed (the same batches) both ways; which goes first alternates, so a
+        # drift in the machine's speed falls on both alike.
+        for way in ("direct", "raytrainer")[:: 1 if repeat % 2 == 0 else -1]:
+            if way == "direct":
+                direct.append(direct_samples_per_second(root, args.iterations, repeat))
+            else:
+                runner.append(raytrainer_samples_per_second(root, args.iterations, repeat))
+    d, r = statistics.median(direct), statistics.median(runner)
+    print(f"solo_agent (prover + verifier), {args.iterations} iterations of 256 pairs:")
+    print(f"  called directly       {d:>12,.0f} samples/s")
+    print(f"  raytrainer run_local  {r:>12,.0f} samples/s")
+    print(f"  ratio raytrainer/direct {r / d:.3f}")
+    print("  each run, in order: " + _pairs(direct, runner))
+
+
+def ppo_part(root: str, args: argparse.Namespace) -> None:
+    direct_fps, runner_fps, splits = [], [], []
+    for repeat in range(args.repeats):  # interleaved, alternating which goes first
+        for way in ("direct", "raytrainer")[:: 1 if repeat % 2 == 0 else -1]:
+            if way == "direct":
+                fps, split = direct_ppo(f"{root}/ppo-direct{repeat}", args.ppo_iterations)
+                direct_fps.append(fps)
+                splits.append(split)
+            else:
+                runner_fps.append(raytrainer_ppo(f"{root}/ppo-runs{repeat}", args.ppo_iterations))
+    d, r = statistics.median(direct_fps), statistics.median(runner_fps)
+    split = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
+    print(f"vanilla_ppo (nip), {args.ppo_iterations} iterations of 1,024 frames:")
+    print(f"  called directly       {d:>12,.0f} frames/s")
+    print(f"  raytrainer run_local  {r:>12,.0f} frames/s")
+    print(f"  ratio raytrainer/direct {r / d:.3f}")
+    print("  each run, in order: " + _pairs(direct_fps, runner_fps))
+    print(
+        "  one iteration: "
+        + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in split.items())
+        + " (checkpoint: every iteration here; every 10 under run_local)"
+    )
+
+
+PARTS = {"rollout": rollout_part, "solo": solo_part, "ppo": ppo_part}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--episodes", type=int, default=1024)
     parser.add_argument("--ppo-iterations", type=int, default=20)
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         rollout_steps_per_second(root, 8, False)  # generates the dataset once
-        env_only = [rollout_steps_per_second(root, args.episodes, False) for _ in range(3)]
-        with_agents = [rollout_steps_per_second(root, args.episodes, True) for _ in range(3)]
-        print(f"nip rollout, {args.episodes} episodes, random policies:")
-        print(f"  environment only      {statistics.median(env_only):>12,.0f} steps/s")
-        print(f"  with agents' forwards {statistics.median(with_agents):>12,.0f} steps/s")
-        direct, runner = [], []
-        for repeat in range(args.repeats):  # interleaved; both read the dataset cached in root
-            direct.append(direct_samples_per_second(root, args.iterations))
-            runner.append(raytrainer_samples_per_second(root, args.iterations, repeat))
-        d, r = statistics.median(direct), statistics.median(runner)
-        print(f"solo_agent (prover + verifier), {args.iterations} iterations of 256 pairs:")
-        print(f"  called directly       {d:>12,.0f} samples/s")
-        print(f"  raytrainer run_local  {r:>12,.0f} samples/s")
-        print(f"  ratio raytrainer/direct {r / d:.3f}")
-        direct_fps, runner_fps, splits = [], [], []
-        for repeat in range(args.repeats):
-            fps, split = direct_ppo(f"{root}/ppo-direct{repeat}", args.ppo_iterations)
-            direct_fps.append(fps)
-            splits.append(split)
-            runner_fps.append(raytrainer_ppo(f"{root}/ppo-runs{repeat}", args.ppo_iterations))
-        d, r = statistics.median(direct_fps), statistics.median(runner_fps)
-        split = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
-        print(f"vanilla_ppo (nip), {args.ppo_iterations} iterations of 1,024 frames:")
-        print(f"  called directly       {d:>12,.0f} frames/s")
-        print(f"  raytrainer run_local  {r:>12,.0f} frames/s")
-        print(f"  ratio raytrainer/direct {r / d:.3f}")
-        print(
-            "  one iteration: "
-            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in split.items())
-            + " (checkpoint: every iteration here; every 10 under run_local)"
-        )
+        for part in args.parts:
+            PARTS[part](root, args)
 
 
 if __name__ == "__main__":
