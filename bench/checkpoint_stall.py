@@ -4,7 +4,7 @@ For the example's small state and a ~64 MB one (``hidden_dim=2300``), with local
 with S3 (a moto server on loopback), runs ``raytrainer run examples/regression.yaml
 --num-workers 2`` (a checkpoint every 100 iterations) with saves in the background (the default)
 and with ``--sync-saves``, reading the time each save blocked rank 0 from its log (``saved
-checkpoint ... in X s (training blocked Y s)``). Baselines, for the same state: a bare
+checkpoint ... in X s (training blocked Y ms)``). Baselines, for the same state: a bare
 ``torch.save`` to a local folder (median of 10) and a bare ``TorchTrainer`` whose 2 workers
 ``torch.save`` the state and call ``ray.train.report`` with it, timed around both. Prints, per
 cell, the median over the saves after the first three and its ratio to the bare ``torch.save``.
@@ -34,7 +34,7 @@ from raytrainer.checkpoint import list_checkpoints, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SAVED = re.compile(
-    r"saved checkpoint \S+ at iteration \d+ in ([0-9.]+)s(?: \(training blocked ([0-9.]+)s\))?"
+    r"saved checkpoint \S+ at iteration \d+ in ([0-9.]+)s(?: \(training blocked ([0-9.]+) ms\))?"
 )
 POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}  # what raytrainer gives its runs
 
@@ -50,7 +50,7 @@ def raytrainer_run(
     command += ["--sync-saves"] if sync else []
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
     found = SAVED.findall(done.stdout + done.stderr)
-    return [float(blocked or took) for took, blocked in found]
+    return [float(blocked) / 1e3 if blocked else float(took) for took, blocked in found]
 
 
 def bare_save(state: dict) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import logging
 import subprocess
 import tempfile
@@ -82,40 +81,25 @@ def snapshot(value: Any) -> Any:
 
 
 class RngGather:
-    """Every rank's RNG state gathered to all ranks without waiting: an async all-gather.
+    """Every rank's RNG state: captured now, gathered to rank 0 on the background save thread.
 
-    Each rank serialises its state into a fixed-size byte buffer (the ranks' states may differ
-    in size, and an all-gather needs one size). :meth:`result` waits and decodes.
+    The gather runs on the checkpoint's own gloo process group, whose collectives only the
+    save threads issue (one save at a time, in the same order on every rank), so they never
+    interleave with training's: serialising and exchanging the states costs training nothing.
     """
 
-    capacity = 1 << 18  # bytes; a CPU RNG state is ~16 KB, a GPU's adds ~16 bytes
-
-    def __init__(self, rng: dict[str, Any], world_size: int, device: torch.device) -> None:
-        buffer = io.BytesIO()
-        torch.save(rng, buffer)
-        data = buffer.getvalue()
-        if len(data) + 8 > self.capacity:
-            raise CheckpointStateError(
-                f"this rank's RNG state takes {len(data)} bytes, more than the "
-                f"{self.capacity - 8} a checkpoint gathers."
-            )
-        padded = torch.zeros(self.capacity, dtype=torch.uint8)
-        padded[:8] = torch.tensor([len(data)], dtype=torch.int64).view(torch.uint8)
-        padded[8 : 8 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        padded = padded.to(device)
-        self._gathered = [torch.empty_like(padded) for _ in range(world_size)]
-        self._work = dist.all_gather(self._gathered, padded, async_op=True)
+    def __init__(self, rng: dict[str, Any], world_size: int, group: Any) -> None:
+        self._rng, self._world_size, self._group = rng, world_size, group
 
     def result(self) -> dict[int, dict[str, Any]]:
-        """Wait for the gather; return every rank's RNG state by rank."""
-        self._work.wait()
-        states = {}
-        for rank, received in enumerate(self._gathered):
-            received = received.cpu()
-            size = int(received[:8].view(torch.int64)[0])
-            data = io.BytesIO(received[8 : 8 + size].numpy().tobytes())
-            states[rank] = torch.load(data, weights_only=True)
-        return states
+        """Gather to rank 0 (every rank calls this for the same save).
+
+        Every rank's state by rank on rank 0, which writes them; nothing on the others.
+        """
+        rank_zero = dist.get_rank() == 0
+        gathered: list[Any] | None = [None] * self._world_size if rank_zero else None
+        dist.gather_object(self._rng, gathered, dst=0, group=self._group)
+        return dict(enumerate(gathered)) if gathered is not None else {}
 
 
 class BackgroundSave:
@@ -226,6 +210,7 @@ class Checkpointer:
         self.last_saved_iteration: int | None = None  # by this process
         self._logged_iteration: int | None = None  # the last metrics row sent to W&B
         self._background = BackgroundSave()
+        self._save_group: Any = None  # the background saves' process group (RngGather)
         self.mirror = open_mirror(
             settings, hyper_params.to_dict(), backend.staging_dir, wandb_client_cls
         )
@@ -376,7 +361,7 @@ class Checkpointer:
             self.mirror.mirror_checkpoint(staged, location, iteration, reported, digests, is_best)
         if log and self.settings.is_rank_zero:
             took = time.perf_counter() - started
-            blocking = "" if blocked is None else f" (training blocked {blocked:.3f}s)"
+            blocking = "" if blocked is None else f" (training blocked {blocked * 1e3:.2f} ms)"
             message = "saved checkpoint %s at iteration %d in %.3fs%s"
             self.logger.info(message, location, iteration, took, blocking)
         return location
@@ -396,8 +381,8 @@ class Checkpointer:
     ) -> dict[str, Any]:
         """The trainer's state plus the base class's: iteration, metrics, every rank's RNG.
 
-        Under an asynchronous backend the RNG entry is an :class:`RngGather` still in flight;
-        :meth:`_write_and_persist` waits for it.
+        Under an asynchronous backend the RNG entry is an :class:`RngGather`, which
+        :meth:`_write_and_persist` gathers on the background thread.
         """
         reserved = [key for key in state if key.startswith("_")]
         if reserved:
@@ -410,7 +395,9 @@ class Checkpointer:
         if not (world_size > 1 and dist.is_available() and dist.is_initialized()):
             rngs = {self.settings.world_rank: rng}
         elif self.backend.asynchronous:
-            rngs = RngGather(rng, world_size, self.device)  # every rank's stream, to rank 0
+            if self._save_group is None:  # a collective: every rank's first save, this thread
+                self._save_group = dist.new_group(backend="gloo")
+            rngs = RngGather(rng, world_size, self._save_group)  # every rank's, to rank 0
         else:
             gathered: list[Any] = [None] * world_size
             dist.all_gather_object(gathered, rng)  # every rank's stream, kept by rank 0
