@@ -43,9 +43,16 @@ def _parse_optional(kind: type) -> Any:
 
 
 def _key_value(text: str) -> tuple[str, str]:
+    """``KEY=VALUE``, or ``KEY`` alone for this process's value (a secret off the command line)."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    if not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE or KEY")
+    if not sep:
+        if key not in os.environ:
+            raise argparse.ArgumentTypeError(
+                f"{key} is not set in this environment; export it, or pass {key}=VALUE"
+            )
+        value = os.environ[key]
     return key, value
 
 
@@ -85,7 +92,7 @@ def add_dataclass_flags(
         elif origin is tuple:
             options.update(action="append", metavar="VALUE")
         elif origin is Mapping or kind is Mapping:
-            options.update(action="append", type=_key_value, metavar="KEY=VALUE")
+            options.update(action="append", type=_key_value, metavar="KEY[=VALUE]")
         elif type(None) in args:  # X | None
             (inner,) = [a for a in args if a is not type(None)]
             if typing.get_origin(inner) is typing.Literal:

@@ -235,7 +235,8 @@ class ExperimentSettings:
         runner="ray",
     )
     worker_env: Mapping[str, str] = setting(
-        doc="Environment variables set in every Ray worker, KEY=VALUE.",
+        doc="Environment variables set in every Ray process of the run: KEY=VALUE, or KEY "
+        "for the value it has here.",
         default_factory=dict,
         default_doc="none",
         runner="ray",

@@ -257,3 +257,37 @@ def test_an_unreachable_cluster_or_storage_is_one_line_within_seconds(tmp_path, 
     )
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "cannot use the run's storage s3://bucket/runs/" in err and "AWS_ENDPOINT_URL" in err
+
+
+def test_worker_env_reaches_rays_processes_by_a_setup_hook_not_a_logged_runtime_env(
+    monkeypatch, capsys
+):
+    from raytrainer.cli import _parser, dataclass_from_flags
+    from raytrainer.runners.ray_train import job_runtime_env
+
+    monkeypatch.setenv("RT_TEST_SECRET", "s3cr3t")  # --worker-env KEY takes the value from here
+    args = _parser().parse_args(
+        ["run", "x.yaml", "--worker-env", "RT_TEST_SECRET", "--worker-env", "RT_TEST_PLAIN=a=b"]
+    )
+    settings = dataclass_from_flags(ExperimentSettings, args)
+    assert settings.worker_env == {"RT_TEST_SECRET": "s3cr3t", "RT_TEST_PLAIN": "a=b"}
+    monkeypatch.delenv("RT_TEST_SECRET")
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "x.yaml", "--worker-env", "RT_TEST_SECRET"])
+    assert "RT_TEST_SECRET is not set in this environment" in capsys.readouterr().err
+
+    runtime_env = job_runtime_env(settings)
+    # Ray writes env_vars into runtime_env_agent.log: only the controller's poll defaults go
+    # there; the hook (kept in Ray's GCS, logged by name) sets worker_env in every process.
+    assert not set(runtime_env["env_vars"]) & set(settings.worker_env)
+    assert "s3cr3t" not in json.dumps(runtime_env["env_vars"])
+    monkeypatch.setenv("RT_TEST_PLAIN", "")  # restored after the test, like the secret
+    monkeypatch.setenv("RT_TEST_SECRET", "")
+    runtime_env["worker_process_setup_hook"]()
+    assert os.environ["RT_TEST_SECRET"] == "s3cr3t" and os.environ["RT_TEST_PLAIN"] == "a=b"
+    # A variable the submitted `ray job` sets is left to it (Ray refuses two values of one).
+    job = {"runtime_env": {"env_vars": {"RT_TEST_SECRET": "job's"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    monkeypatch.setenv("RT_TEST_SECRET", "job's")
+    job_runtime_env(settings)["worker_process_setup_hook"]()
+    assert os.environ["RT_TEST_SECRET"] == "job's"

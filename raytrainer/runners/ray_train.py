@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -80,7 +80,7 @@ def run(
             address=address,
             logging_level="WARNING",
             log_to_driver=True,
-            runtime_env={"env_vars": job_env(settings)},
+            runtime_env=job_runtime_env(settings),
         )
     try:
         result = _fit(hyper_params, settings, scaling, storage_fs, storage_path)
@@ -102,20 +102,36 @@ _CONTROLLER_POLL = {
 }
 
 
-def job_env(settings: ExperimentSettings) -> dict[str, str]:
-    """The environment of every Ray process of a run this driver connects: the job's.
+def job_runtime_env(settings: ExperimentSettings, controller_poll: bool = True) -> dict[str, Any]:
+    """The runtime env of the Ray job this driver starts or connects: every process of the run.
 
-    ``settings.worker_env`` (credentials for the storage, say) reaches Ray Train's controller,
-    which writes to storage too, as well as the workers. A variable the submitted ``ray job``
-    already sets is left to it (Ray refuses to merge two values of one variable), and the poll
-    interval is only a default.
+    ``settings.worker_env`` (credentials for the storage, say) is set by a
+    ``worker_process_setup_hook``, which every process of the job runs as it starts: Ray Train's
+    controller, which writes to storage too, as well as the workers. Ray keeps the hook in its
+    GCS and logs only its name, where it writes the values of ``env_vars`` into
+    ``runtime_env_agent.log``; so only the controller's poll intervals (defaults, not secrets;
+    left out with ``controller_poll=False``) go there. A variable the submitted ``ray job``
+    already sets is left to it (Ray refuses to merge two values of one variable).
     """
-    env = {k: v for k, v in _CONTROLLER_POLL.items() if k not in os.environ}
-    env.update(settings.worker_env)
     # A driver started by `ray job submit` gets the job's config in this variable.
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
-    taken = (job.get("runtime_env") or {}).get("env_vars") or {}
-    return {k: v for k, v in env.items() if k not in taken}
+    job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
+    poll = _CONTROLLER_POLL if controller_poll else {}
+    poll = {k: v for k, v in poll.items() if k not in os.environ and k not in job_env}
+    runtime_env: dict[str, Any] = {"env_vars": poll}
+    private = {k: v for k, v in settings.worker_env.items() if k not in job_env}
+    if private and "worker_process_setup_hook" not in (job.get("runtime_env") or {}):
+        runtime_env["worker_process_setup_hook"] = _environment_setter(private)
+    return runtime_env
+
+
+def _environment_setter(env: dict[str, str]) -> Callable[[], None]:
+    """A setup hook giving a Ray process ``env``; Ray pickles it with its values by value."""
+
+    def set_run_environment() -> None:
+        os.environ.update(env)
+
+    return set_run_environment
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
@@ -170,9 +186,10 @@ def torch_trainer(
 ) -> ray.train.torch.TorchTrainer:
     """The ``TorchTrainer`` of a resolved run: ``RunConfig(name=run_id)`` under the storage root.
 
-    Runs on the driver (or in a sweep trial that drives a nested run). Retention, failure
-    limits and worker environment come from ``settings``; ``status_actor`` names the actor rank
-    0 reports progress to; ``callbacks`` run on Ray Train's controller.
+    Runs on the driver (or in a sweep trial that drives a nested run). Retention and failure
+    limits come from ``settings``, and ``train_worker`` sets its ``worker_env``;
+    ``status_actor`` names the actor rank 0 reports progress to; ``callbacks`` run on Ray
+    Train's controller.
     """
     from ray.train import (
         CheckpointConfig,
@@ -210,9 +227,6 @@ def torch_trainer(
             failure_config=FailureConfig(
                 max_failures=settings.max_failures, controller_failure_limit=3
             ),
-            worker_runtime_env={"env_vars": dict(settings.worker_env)}
-            if settings.worker_env
-            else None,
             callbacks=callbacks,
             # Ray Train logs every report and checkpoint of every rank at INFO.
             logging_config=LoggingConfig(log_level="INFO" if settings.verbose else "WARNING"),
@@ -291,6 +305,10 @@ def train_worker(config: dict[str, Any]) -> None:
     Runs in every Ray Train worker; Ray imports it from the installed package. ``config`` holds
     the saved hyper-parameters, the plain settings and the status actor's name (or ``None``).
     """
+    # Also set at the process's start when raytrainer started or connected Ray (the job's
+    # setup hook); this covers a Ray instance the caller started. Never through Ray's
+    # runtime env, whose values Ray logs.
+    os.environ.update(config["settings"]["worker_env"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
     if not config["settings"].get("verbose"):

@@ -42,7 +42,7 @@ from raytrainer.checkpoint.layout import (
     parse_iteration,
 )
 from raytrainer.errors import ConfigError, RunFailedError
-from raytrainer.runners.ray_train import torch_trainer, with_wandb_folders
+from raytrainer.runners.ray_train import job_runtime_env, torch_trainer, with_wandb_folders
 from raytrainer.settings import ExperimentSettings
 from raytrainer.sweep_config import PBTConfig, Sweep, load_sweep, override
 
@@ -107,7 +107,10 @@ def sweep(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, logging_level="WARNING")
+        # worker_env reaches every process of the sweep (nested runs' controllers too) by a
+        # setup hook; Ray's default poll intervals are kept (see job_runtime_env).
+        runtime_env = job_runtime_env(settings, controller_poll=False)
+        ray.init(address=address, logging_level="WARNING", runtime_env=runtime_env)
     try:
         settings = with_wandb_folders(settings, on_this_machine=started and address is None)
         spec = dataclasses.replace(spec, settings=settings)

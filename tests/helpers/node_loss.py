@@ -5,8 +5,9 @@ Run as a script, in a fresh process (it owns a Ray cluster, apart from the tests
     python tests/helpers/node_loss.py CONFIG STORAGE GATE_FOLDER EVENT [EVENT ...]
 
 STORAGE may be an ``s3://`` URI: the ``AWS_*`` variables of this process then go to the driver
-only, and to the run through ``--worker-env``; the cluster starts without them. Starts a head
-node with no CPUs (the driver, Ray Train's controller and raytrainer's status
+only, and to the run through ``--worker-env``; the cluster starts without them, and the report
+names every file of the cluster's logs (and the driver's output) holding the secret key.
+Starts a head node with no CPUs (the driver, Ray Train's controller and raytrainer's status
 actor live there) and one 1-CPU worker node, then runs ``raytrainer run CONFIG --address
 <head>`` as a subprocess with a gate at each EVENT's iteration (see :mod:`helpers.gated`). An
 EVENT ``N`` removes the node holding rank 0 when rank 0 stops at iteration N's checkpoint; an
@@ -14,7 +15,8 @@ EVENT ``drain:N`` drains that node through the GCS (a preemption notice, deadlin
 iteration N's step, and rank 0 waits there until Ray Train passes the notice on. Either way a
 fresh node is added, from this process's main thread. Prints one JSON line: the gates'
 iterations in the order they stopped, where raytrainer's status actor was at each stop, the
-run's log lines about preemption, its exit code and its stderr's tail.
+run's log lines about preemption, where the secret key was found, its exit code and its
+stderr's tail.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def main() -> None:
     # The cluster starts without the storage's credentials: only the driver has them, and
     # passes them with --worker-env, the route the README documents.
     credentials = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_")}
+    if credentials:  # a value to look for in Ray's logs (the loopback server takes any key)
+        credentials["AWS_SECRET_ACCESS_KEY"] = f"raytrainer-secret-{os.getpid()}-{time.time_ns()}"
     import ray
     from ray.cluster_utils import Cluster
 
@@ -74,27 +78,31 @@ def main() -> None:
         cwd=REPO,
         env={**os.environ, **credentials},
     )
-    stopped, helpers_on, has_credentials = [], set(), {}
+    stopped, helpers_on, secret_in = [], set(), []
     try:
         for event, i in zip(events, iterations, strict=True):  # the gates stop in order
             iteration, _pid = wait_for_gate(Path(gate_root) / f"gate{i}")
             stopped.append(iteration)
             helpers_on |= _status_actor_nodes(cluster.head_node.node_id)
-            if not has_credentials:  # what each live Ray process of the run was given
-                has_credentials = _credentials_seen(set(credentials))
             if event.startswith("drain:"):
                 _drain(cluster.address, node.node_id, deadline_s=5)  # it stays, draining
             else:
                 cluster.remove_node(node)  # rank 0 goes with its node
             node = cluster.add_node(num_cpus=1)
         driver.wait(timeout=600)
+        logs = Path(cluster.head_node.get_session_dir_path()) / "logs"
+        secret = credentials.get("AWS_SECRET_ACCESS_KEY", "").encode()
+        secret_in = [
+            p.name for p in logs.rglob("*") if secret and p.is_file() and secret in p.read_bytes()
+        ]
     finally:
         driver.kill()
         ray.shutdown()  # this process's connection, before its node goes
         cluster.shutdown()
     err = log.read_text()
     notices = [line for line in err.splitlines() if "is being preempted" in line]
-    report = {"stopped": stopped, "helpers_on": sorted(helpers_on), "credentials": has_credentials}
+    secret_in += ["driver's output"] if secret and secret in err.encode() else []
+    report = {"stopped": stopped, "helpers_on": sorted(helpers_on), "secret_in": secret_in}
     report["notices"], err = notices, err[-3000:]
     print(json.dumps({**report, "returncode": driver.returncode, "stderr": err}))
 
@@ -109,20 +117,6 @@ def _drain(address: str, node_id: str, deadline_s: float) -> None:
     client = ray._raylet.GcsClient(address=address)
     accepted, why = client.drain_node(node_id, reason, "test preemption", deadline_ms)
     assert accepted, why
-
-
-def _credentials_seen(keys: set[str]) -> dict[str, bool]:
-    """For Ray Train's controller and workers: did its environment get every one of ``keys``."""
-    from ray._private import state
-
-    seen = {}
-    for actor in state.actors().values():
-        name = actor["ActorClassName"].rsplit(".", 1)[-1]
-        if actor["State"] == "ALIVE" and name in ("TrainController", "RayTrainWorker"):
-            environ = Path(f"/proc/{actor['Pid']}/environ").read_bytes().split(b"\0")
-            present = {line.split(b"=", 1)[0].decode() for line in environ if b"=" in line}
-            seen[name] = keys <= present
-    return seen
 
 
 def _status_actor_nodes(head: str) -> set[str]:
