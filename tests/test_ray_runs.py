@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from test_trainer_api import Recorder
 
 from raytrainer import (
     ExperimentSettings,
+    RunResult,
     Scaling,
     ShardedBatchSampler,
     load_hyper_params,
@@ -366,21 +368,30 @@ def test_retention_counts_every_attempt_across_runner_switches(ray_cluster, tiny
 def test_another_worker_count_keeps_the_global_order_and_reproduces(
     ray_cluster, tiny_config, tmp_path, monkeypatch
 ):
-    """2 Ray workers to 10, in-process to 20, an elastic Ray run (1-2 workers) to 30, twice."""
+    """2 Ray workers to 10, then twice: in-process to 20, an elastic Ray run (1-2 workers) to 30.
+
+    The 2-worker leg is shared (copied): its determinism is other tests' business; what must
+    reproduce is what the count changes derive.
+    """
+
+    def leg(storage: Path, log: Path, iterations: int, scaling: Scaling | None) -> RunResult:
+        monkeypatch.setenv(SAMPLES_ENV, str(log))  # the in-process leg
+        settings = _settings(storage, progress_bar_factory=None)
+        hp = load_hyper_params({**tiny_config, "num_iterations": iterations})
+        if scaling is None:
+            return run_local(hp, settings)
+        return run(hp, dataclasses.replace(settings, worker_env={SAMPLES_ENV: str(log)}), scaling)
+
+    (tmp_path / "shared-samples").mkdir()
+    leg(tmp_path / "shared", tmp_path / "shared-samples", 10, Scaling(num_workers=2))
     finals = []
     for attempt in ("first", "second"):
         storage, log = tmp_path / attempt, tmp_path / f"{attempt}-samples"
-        log.mkdir()
-        monkeypatch.setenv(SAMPLES_ENV, str(log))  # the in-process leg
-        settings = _settings(storage, progress_bar_factory=None)
-        ray_settings = dataclasses.replace(settings, worker_env={SAMPLES_ENV: str(log)})
-        legs = [(10, Scaling(num_workers=2)), (20, None), (30, Scaling(num_workers=(1, 2)))]
-        for iterations, scaling in legs:
-            hp = load_hyper_params({**tiny_config, "num_iterations": iterations})
-            if scaling is None:
-                result = run_local(hp, settings)
-            else:
-                result = run(hp, ray_settings, scaling)
+        shutil.copytree(tmp_path / "shared", storage)
+        shutil.copytree(tmp_path / "shared-samples", log)
+        leg(storage, log, 20, None)
+        result = leg(storage, log, 30, Scaling(num_workers=(1, 2)))
+        hp = load_hyper_params(tiny_config)
         run_dir = storage / result.run_id
         sizes = [read_checkpoint(c).metadata["world_size"] for c in list_checkpoints(run_dir)]
         assert sizes == [2, 1, 2]  # the elastic leg got both CPUs of the instance

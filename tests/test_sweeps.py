@@ -243,13 +243,13 @@ def test_a_killed_sweep_driver_continues_where_it_stopped(ray_cluster, tmp_path,
 
 
 def test_pbt_exploits_multi_worker_trials_through_storage(ray_cluster, tmp_path, tiny_config):
-    """Four 2-worker trials, two at a time (half a CPU per worker), each 30 iterations."""
+    """Two 2-worker trials at once (half a CPU per worker), each 30 iterations."""
     path = _sweep_file(
         tmp_path,
         tiny_config,
         iterations=30,
         name="pbt2",
-        search={"agents._default.learning_rate": {"grid": [0.03, 0.0001, 0.01, 0.0003]}},
+        search={"agents._default.learning_rate": {"grid": [0.03, 0.0001]}},
         scheduler={
             "type": "pbt",
             "perturbation_interval": 10,
@@ -259,7 +259,7 @@ def test_pbt_exploits_multi_worker_trials_through_storage(ray_cluster, tmp_path,
         scaling={"num_workers": 2, "cpus_per_worker": 0.5},
     )
     result = sweep(path, settings=ExperimentSettings(storage_path=str(tmp_path / "runs")))
-    assert [r["status"] for r in result.trials] == ["DONE"] * 4
+    assert [r["status"] for r in result.trials] == ["DONE"] * 2
     # Each Train run lives beside Tune's trial folders, in raytrainer's own layout.
     runs = {p.name: p for p in (tmp_path / "runs" / "pbt2").iterdir() if p.name.startswith("pbt2-")}
     # A run that continued from another trial's checkpoint and trained on from there (one that
