@@ -408,3 +408,26 @@ def test_another_worker_count_keeps_the_global_order_and_reproduces(
         }
         finals.append(_final_model(run_dir))
     _assert_bitwise(*finals)  # the same sequence of worker counts reproduces bitwise
+
+
+def test_rank_zero_trains_on_when_the_drivers_status_actor_is_lost(ray_cluster, caplog):
+    import ray
+
+    from raytrainer.runners.ray_train import RunStatusActor, _RemoteBar, _StopPoll
+
+    actor = RunStatusActor.remote()
+    bar, stop = _RemoteBar(actor, total=10, initial=0), _StopPoll(actor)
+    bar.update()
+    ray.get(actor.request_stop.remote())
+    ray.wait([stop._pending], timeout=30)  # the first answer (no stop yet) is in
+    assert stop() is False
+    ray.wait([stop._pending], timeout=30)  # asked again, without waiting: now yes
+    assert stop() is True and ray.get(actor.get.remote())[2] == 1  # the bar's one step
+    lost = RunStatusActor.remote()
+    bar, stop = _RemoteBar(lost, total=10, initial=0), _StopPoll(lost)
+    ray.kill(lost)
+    ray.wait([bar._last, stop._pending], num_returns=2, timeout=30)  # both failed by now
+    for _ in range(3):
+        bar.update()  # never raises; warns once
+        assert stop() is False
+    assert caplog.text.count("the driver's status actor is unreachable (") == 1

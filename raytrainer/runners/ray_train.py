@@ -483,16 +483,25 @@ class _StopPoll:
     def __call__(self) -> bool:
         if self._asked or self._actor is None:
             return self._asked
-        ready, _ = ray.wait([self._pending], timeout=0)
-        if ready:
-            try:
-                self._asked = bool(ray.get(ready[0]))
-            except ray.exceptions.RayError:
-                self._actor = None  # the bar's warning says so once
-                return False
+        try:
+            done, asked = _result_if_done(self._pending)
+        except ray.exceptions.RayError:
+            self._actor = None  # the bar's warning says so once
+            return False
+        if done:
+            self._asked = bool(asked)
             if not self._asked:
                 self._pending = self._actor.stop_requested.remote()
         return self._asked
+
+
+def _result_if_done(ref: Any) -> tuple[bool, Any]:
+    """Whether an actor call has finished, and its result, without waiting.
+
+    Raises ``ray.exceptions.RayError`` if it failed (its actor died, say).
+    """
+    ready, _ = ray.wait([ref], timeout=0)
+    return (True, ray.get(ready[0])) if ready else (False, None)
 
 
 class _RemoteBar:
@@ -509,14 +518,12 @@ class _RemoteBar:
     def _send(self, method: str, *args: Any) -> None:
         if self._actor is None:
             return
-        ready, _ = ray.wait([self._last], timeout=0)
-        if ready:
-            try:
-                ray.get(ready[0])
-            except ray.exceptions.RayError as exc:
-                _logger.warning(_STATUS_LOST, type(exc).__name__)
-                self._actor = None
-                return
+        try:
+            _result_if_done(self._last)
+        except ray.exceptions.RayError as exc:
+            _logger.warning(_STATUS_LOST, type(exc).__name__)
+            self._actor = None
+            return
         self._last = getattr(self._actor, method).remote(*args)
 
     def update(self, n: int = 1) -> None:
