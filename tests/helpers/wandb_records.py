@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import wandb
 from wandb.proto import wandb_internal_pb2
 
 BLOCK = 32768
@@ -18,6 +19,14 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
 def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
+    """Every record of a run file, once this process's W&B runs are on disk.
+
+    ``run.finish()`` only tells wandb-core that a run is done (``inform_finish`` is published,
+    not awaited), so the run file's tail can still sit in wandb-core's buffer when it returns.
+    ``wandb.teardown()`` waits for wandb-core to close every run and exit (nothing to wait for
+    when this process started none); the next ``wandb.init`` starts a new one.
+    """
+    wandb.teardown()
     data = Path(path).read_bytes()
     assert data[:4] == b":W&B", "not a W&B run file"
     records, pos, pending = [], HEADER, b""
