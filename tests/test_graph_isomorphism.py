@@ -137,6 +137,8 @@ def test_agents_see_graphs_up_to_isomorphism_and_pick_real_nodes():
     history = torch.zeros(20, 8, 1, 22)
     out = agent(adjacency, mask, history)
     assert out["node_logits"].shape == (20, 22) and out["decision_logits"].shape == (20, 3)
+    # Reject / accept are the solo head's logits: solo pretraining trains the decisions too.
+    assert torch.equal(out["decision_logits"][:, :2], out["solo_logits"])
     assert torch.isinf(out["node_logits"][~mask.flatten(1)]).all()
     assert torch.isfinite(out["node_logits"][mask.flatten(1)]).all()
     # Relabelling the real nodes of both graphs changes nothing but the nodes' order.

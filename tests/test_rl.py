@@ -15,6 +15,7 @@ from test_graph_isomorphism import TINY_AGENT, _final_models
 from test_local_runs import _cli, _run_cli
 
 from raytrainer import ConfigError, ExperimentSettings, Scaling, load_hyper_params, run, run_local
+from raytrainer.build import build_trainer
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
 from raytrainer.protocols import CONTINUE, ProtocolEnvironment, build_protocol_handler
 from raytrainer.scenario import build_scenario_instance
@@ -139,8 +140,18 @@ def test_ppo_killed_mid_run_resumes_bitwise(tmp_path):
             assert torch.equal(value, resumed[agent][key]), (agent, key)
     final = read_checkpoint(list_checkpoints(run_dir)[-1])
     assert final.iteration == 10
-    assert {"mean_accuracy", "test_mean_accuracy", "prover_mean_episode_reward"} <= set(
-        final.metadata["metrics"]
+    metrics = final.metadata["metrics"]
+    assert {"mean_accuracy", "test_mean_accuracy", "prover_mean_episode_reward"} <= set(metrics)
+    # The accuracy split by the true answer recombines into the whole.
+    settings = ExperimentSettings(
+        storage_path=str(tmp_path / "x"), data_root=str(tmp_path / "data")
+    )
+    test_y = build_scenario_instance(load_hyper_params(config), settings).datasets["test"].y
+    share = test_y.float().mean().item()
+    assert 0 < share < 1
+    assert metrics["test_mean_accuracy"] == pytest.approx(
+        share * metrics["test_mean_accuracy_isomorphic"]
+        + (1 - share) * metrics["test_mean_accuracy_non_isomorphic"]
     )
 
 
@@ -251,3 +262,19 @@ def test_rl_trainers_refuse_what_they_do_not_build():
         load_hyper_params(tiny_rl_config(message_size=2))
     with pytest.raises(ConfigError, match="ppo.loss_type: Input should be 'clip'"):
         load_hyper_params(tiny_rl_config(ppo={"loss_type": "kl_penalty"}))
+
+
+def test_each_agents_learning_rate_is_rl_lr_times_its_factor(tmp_path):
+    agents = {"_default": TINY_AGENT, "prover": {**TINY_AGENT, "agent_lr_factor": 0.25}}
+    hp = load_hyper_params(tiny_rl_config(trainer="vanilla_ppo", agents=agents))
+    settings = ExperimentSettings(
+        storage_path=str(tmp_path), wandb_mode="disabled", progress_bar_factory=None
+    )
+    trainer = build_trainer(hp, settings)
+    lrs = {name: o.param_groups[0]["lr"] for name, o in trainer.optimizers.items()}
+    assert lrs == {"prover": pytest.approx(0.25 * hp.rl.lr), "verifier": pytest.approx(hp.rl.lr)}
+    # A restore (or a PBT exploit) pushes the hyper-parameters' rates again, factors included.
+    for optimizer in trainer.optimizers.values():
+        optimizer.param_groups[0]["lr"] = 1.0
+    trainer._apply_hyper_params()
+    assert {name: o.param_groups[0]["lr"] for name, o in trainer.optimizers.items()} == lrs

@@ -159,7 +159,7 @@ class RlTrainer(Trainer):
             for name, agent in agents.items()
         }
         self.optimizers = {
-            name: torch.optim.Adam(model.parameters(), lr=self.hyper_params.rl.lr)
+            name: torch.optim.Adam(model.parameters(), lr=self.agent_lr(name))
             for name, model in self.models.items()
         }
         self.pretrain_steps = self.hyper_params.pretrain_steps()
@@ -207,10 +207,15 @@ class RlTrainer(Trainer):
             for name, optimizer in self.solo_optimizers.items():
                 optimizer.load_state_dict(state["pretraining"]["optimizers"][name])
 
+    def agent_lr(self, name: str) -> float:
+        """Agent ``name``'s learning rate: ``rl.lr`` × ``agents.<name>.agent_lr_factor``."""
+        factor = self.hyper_params.agent_params(name).agent_lr_factor  # type: ignore[attr-defined]
+        return self.hyper_params.rl.lr * factor
+
     def _apply_hyper_params(self) -> None:
-        for optimizer in self.optimizers.values():
+        for name, optimizer in self.optimizers.items():
             for group in optimizer.param_groups:
-                group["lr"] = self.hyper_params.rl.lr
+                group["lr"] = self.agent_lr(name)
 
     # ---------------------------------------------------------------- rollouts
 
@@ -292,18 +297,28 @@ class RlTrainer(Trainer):
 
     def evaluate(self, rollout: Rollout, prefix: str = "") -> dict[str, float]:
         """Episode metrics of a rollout over every rank's slice, with the original's names."""
+        y = rollout.pairs.y
+        correct = rollout.final_decision == y
         sums = torch.stack(
             [
                 torch.tensor(float(len(rollout.pairs)), device=self.device),
                 rollout.alive.sum().float(),  # frames: the episodes' rounds
-                (rollout.final_decision == rollout.pairs.y).sum().float(),
+                correct.sum().float(),
+                (y == 1).sum().float(),
+                (correct & (y == 1)).sum().float(),
                 *rollout.rewards.sum((0, 2)),  # per agent
             ]
         ).double()
-        episodes, frames, correct, *rewards = self.all_reduce_sum(sums).tolist()
+        episodes, frames, right, positives, right_positives, *rewards = self.all_reduce_sum(
+            sums
+        ).tolist()
+        negatives = episodes - positives
         metrics = {
             f"{prefix}mean_episode_length": frames / episodes,
-            f"{prefix}mean_accuracy": correct / episodes,
+            f"{prefix}mean_accuracy": right / episodes,
+            # Split by the true answer: a verifier that accepts everything scores 1 and 0.
+            f"{prefix}mean_accuracy_isomorphic": right_positives / max(positives, 1),
+            f"{prefix}mean_accuracy_non_isomorphic": (right - right_positives) / max(negatives, 1),
         }
         for name, reward in zip(self.models, rewards, strict=True):
             metrics[f"{prefix}{name}_mean_episode_reward"] = reward / episodes

@@ -22,7 +22,7 @@ in 5.
 from __future__ import annotations
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 
 from raytrainer.params import AgentHyperParameters
@@ -40,6 +40,9 @@ class GraphIsomorphismAgentParameters(AgentHyperParameters):
     d_transformer_mlp: PositiveInt = Field(64, description="Feed-forward width.")
     d_decider: PositiveInt = Field(
         16, description="Hidden width of the decider, value, solo heads."
+    )
+    agent_lr_factor: PositiveFloat = Field(
+        1.0, description="RL trainers: this agent's learning rate is rl.lr times this factor."
     )
 
 
@@ -173,7 +176,10 @@ class GraphIsomorphismAgent(nn.Module):
         super().__init__()
         self.body = GraphIsomorphismBody(params, history_features, d_representation)
         self.node_selector = _mlp(params.d_transformer + d_representation, params.d_decider, 1)
-        self.decider = _mlp(d_representation, params.d_decider, 3) if is_verifier else None
+        # The verifier's reject / accept logits are its solo head's (one head, one question),
+        # so solo pretraining hands RL a verifier that already decides; the decider adds
+        # the logit of continuing.
+        self.decider = _mlp(d_representation, params.d_decider, 1) if is_verifier else None
         self.value = _mlp(d_representation, params.d_decider, 1)
         self.solo_head = _mlp(d_representation, params.d_decider, 2)
 
@@ -195,7 +201,9 @@ class GraphIsomorphismAgent(nn.Module):
             "solo_logits": self.solo_head(representation),
         }
         if self.decider is not None:
-            out["decision_logits"] = self.decider(representation)
+            out["decision_logits"] = torch.cat(
+                [out["solo_logits"], self.decider(representation)], -1
+            )
         return out
 
 
