@@ -1,6 +1,6 @@
 """How long ``save_checkpoint()`` blocks a Ray run, against a bare ``torch.save`` and ``report``.
 
-For the example's small state and a ~64 MB one (``hidden_dim=2300``), with local storage and
+For the example's small state and a 64 MB one (``hidden_dim=2360``), with local storage and
 with S3 (a moto server on loopback), runs ``raytrainer run examples/regression.yaml
 --num-workers 2`` (a checkpoint every 100 iterations) with saves in the background (the default)
 and with ``--sync-saves``, reading the time each save blocked rank 0 from its log (``saved
@@ -10,7 +10,7 @@ checkpoint ... in X s (training blocked Y ms)``). Baselines, for the same state:
 cell, the median over the saves after the first three and its ratio to the bare ``torch.save``.
 Usage::
 
-    python bench/checkpoint_stall.py [--iterations 1600] [--hidden 64 2300]
+    python bench/checkpoint_stall.py [--iterations 1600] [--hidden 64 2360]
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=1600)
     parser.add_argument(
-        "--hidden", type=int, nargs="+", default=[64, 2300], help="hidden_dim of each state"
+        "--hidden", type=int, nargs="+", default=[64, 2360], help="hidden_dim of each state"
     )
     args = parser.parse_args()
     server, s3_env = moto_server()
