@@ -29,38 +29,27 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from raytrainer import ExperimentSettings, load_hyper_params
 from raytrainer.build import build_trainer
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
-from raytrainer.scenarios.graph_isomorphism import GraphPairs, load_or_generate
+from raytrainer.scenarios.graph_isomorphism import GraphPairs, load_or_generate, wl_score
 
 ROUNDS = 2  # the verifier's GIN layers
 
 
-def colours(adjacency: list[list[int]], marks: dict[int, int]) -> collections.Counter:
-    """The multiset of colours after ``ROUNDS`` rounds of WL refinement from ``marks``."""
-    n = len(adjacency)
-    neighbours = [[j for j in range(n) if adjacency[i][j]] for i in range(n)]
-    colour = [marks.get(i, 0) for i in range(n)]
-    for _ in range(ROUNDS):
-        colour = [
-            hash((colour[i], tuple(sorted(colour[j] for j in neighbours[i])))) for i in range(n)
-        ]
-    return collections.Counter(colour)
-
-
-def graphs(pairs: GraphPairs, k: int) -> tuple[list[list[int]], list[list[int]]]:
-    """The two graphs of pair ``k`` as adjacency lists of lists, padding removed."""
+def graphs(pairs: GraphPairs, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two graphs of pair ``k`` as adjacency matrices, padding removed."""
     n0, n1 = pairs.num_nodes[k].tolist()
-    a = pairs.adjacency[k].tolist()
-    return [row[:n0] for row in a[0][:n0]], [row[:n1] for row in a[1][:n1]]
+    a = pairs.adjacency[k].long().numpy()
+    return a[0, :n0, :n0], a[1, :n1, :n1]
 
 
 def answer_passes(g: tuple, u_graph: int, u: int, v: int) -> bool:
     """Whether marking ``u`` in graph ``u_graph`` and ``v`` in the other passes the check."""
-    return colours(g[u_graph], {u: 1}) == colours(g[1 - u_graph], {v: 1})
+    return wl_score(g[u_graph], g[1 - u_graph], ROUNDS, marks=(u, v)) == 0
 
 
 def caught_share(g: tuple) -> float:
@@ -68,9 +57,7 @@ def caught_share(g: tuple) -> float:
     marks = [(side, u) for side in (0, 1) for u in range(len(g[side]))]
     caught = 0
     for side, u in marks:
-        marked = colours(g[side], {u: 1})
-        other = g[1 - side]
-        caught += not any(colours(other, {v: 1}) == marked for v in range(len(other)))
+        caught += not any(answer_passes(g, side, u, v) for v in range(len(g[1 - side])))
     return caught / len(marks)
 
 
@@ -85,7 +72,7 @@ def ceilings(pairs: GraphPairs) -> None:
             row[2] += 1
             continue
         g = graphs(pairs, k)
-        row[1] += colours(g[0], {}) != colours(g[1], {})
+        row[1] += wl_score(g[0], g[1], ROUNDS) > 0
         row[2] += caught_share(g)
     total = sum(r[0] for r in by_score.values())
     print("| WL score | test pairs | ideal verifier alone | ideal verifier, nip, one exchange |")

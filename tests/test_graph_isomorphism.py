@@ -26,7 +26,7 @@ from raytrainer.scenarios.graph_isomorphism import (
     SoloClassifier,
     load_or_generate,
 )
-from raytrainer.scenarios.graph_isomorphism.data import cache_location, generate
+from raytrainer.scenarios.graph_isomorphism.data import cache_location, generate, wl_score
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +100,17 @@ def test_generator_is_seeded_and_gives_the_requested_difficulty():
         a, b = _graphs(pairs, i)
         assert nx.is_isomorphic(a, b) == bool(pairs.y[i]), i
         assert _reference_wl_score(a, b, 5) == pairs.wl_score[i], i
+
+
+def test_wl_marks_individualise_one_node_in_each_graph():
+    # A path 0-1-2 and the same path relabelled (its middle node is 0): the graphs agree, and
+    # so do they with matching nodes marked, but an end marked against the middle does not.
+    path = nx.to_numpy_array(nx.path_graph(3), dtype=int)
+    relabelled = path[[1, 0, 2]][:, [1, 0, 2]]
+    assert wl_score(path, relabelled, 2) == 0
+    assert wl_score(path, relabelled, 2, marks=(1, 0)) == 0  # middle, middle
+    assert wl_score(path, relabelled, 2, marks=(0, 2)) == 0  # end, end
+    assert wl_score(path, relabelled, 2, marks=(0, 0)) == 1  # end, middle: told apart in round 1
 
 
 def test_dataset_cache_is_reused_rebuilt_on_change_and_never_trusted_partial(tmp_path, caplog):

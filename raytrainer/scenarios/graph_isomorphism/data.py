@@ -142,16 +142,22 @@ class GraphPairs:
 _WL_WEIGHTS = np.random.default_rng(2**31 - 1).integers(1, 2**62, size=4096, dtype=np.int64)
 
 
-def wl_score(a: np.ndarray, b: np.ndarray, max_rounds: int) -> int:
+def wl_score(
+    a: np.ndarray, b: np.ndarray, max_rounds: int, marks: tuple[int, int] | None = None
+) -> int:
     """Return the first 1-WL round (1-based) that tells graphs ``a`` and ``b`` apart, else 0.
 
     Colour refinement runs on the disjoint union, so colours are comparable across the two
     graphs; a node's new colour hashes its colour with the multiset of its neighbours'.
+    ``marks`` gives node ``marks[0]`` of ``a`` and node ``marks[1]`` of ``b`` a starting colour
+    of their own (as a message marks a node in the agents' inputs).
     """
     n = len(a)
     adj = np.zeros((n + len(b),) * 2, dtype=np.int64)
     adj[:n, :n], adj[n:, n:] = a, b
     colors = np.zeros(len(adj), dtype=np.int64)
+    if marks is not None:
+        colors[[marks[0], n + marks[1]]] = 1
     for round_id in range(1, max_rounds + 1):
         keys = colors * 1_000_003 + adj @ _WL_WEIGHTS[colors]  # wraps around: a hash
         _, colors = np.unique(keys, return_inverse=True)
