@@ -163,6 +163,40 @@ def test_agents_see_graphs_up_to_isomorphism_and_pick_real_nodes():
     assert torch.allclose(again["value"], out["value"][:1], atol=1e-5)
 
 
+def test_node_selector_favours_the_image_of_the_other_graphs_message():
+    torch.manual_seed(0)
+    agent = GraphIsomorphismAgent(
+        GraphIsomorphismAgentParameters(**TINY_AGENT, node_match_weight=3.0),
+        history_features=2,
+        d_representation=8,
+        is_verifier=False,
+    )
+    pairs = generate(DatasetOptions(num_pairs=4, seed=4))
+    n = int(pairs.num_nodes[0, 0])
+    order = torch.cat([torch.randperm(n), torch.arange(n, 11)])
+    adjacency = pairs.adjacency[:1].float().clone()
+    adjacency[0, 1] = adjacency[0, 0][order][:, order]  # graph 1: graph 0 relabelled
+    mask = pairs.node_mask[:1].clone()
+    mask[0, 1] = mask[0, 0]
+    u = 2
+    history = torch.zeros(1, 2, 1, 22)
+    history[0, 0, 0, u] = 1  # round 0: node u of graph 0 was sent
+    _, _, match = agent.body(adjacency, mask, history)
+    image = int((order == u).nonzero()) + 11  # u's node in graph 1
+    assert match[0, image] == 1  # same embedding whatever the weights
+    assert (match[0, :11] == 0).all()  # graph 1 holds no message to match
+    assert (match[0, 11 + n :] == 0).all()  # padding
+    # The match score enters the node logits with the agent's learned weight.
+    logits = agent(adjacency, mask, history)["node_logits"]
+    with torch.no_grad():
+        agent.match_weight.zero_()
+    without = agent(adjacency, mask, history)["node_logits"]
+    real = mask.flatten(1)
+    assert torch.allclose((logits - without)[real], 3.0 * match[real], atol=1e-5)
+    # Without messages (solo training) nothing is matched.
+    assert (agent.body(adjacency, mask, None)[2] == 0).all()
+
+
 def test_a_config_of_the_original_project_loads_unchanged():
     hp = load_hyper_params(
         {
