@@ -19,12 +19,14 @@ whatever the weights — beside the transformer's symmetric summary of its two g
 Without it a 5-layer agent reached 0.65–0.84 test accuracy in 100 epochs; with it, above 0.9
 in 5.
 
-A second addition, for the protocols: each node's message logit also gets a learned weight
-times its *match score* (:func:`node_match`), how alike its GIN embedding, computed without the
-message marks, is to the other graph's message nodes'. A node and its image under an isomorphism
-have equal embeddings whatever the weights, so a prover answers a marked node with its image
-from the first iteration instead of having to discover matching from a verifier that does not
-yet check it (measured in the README).
+Two more, for the protocols. The GIN sees whether a node was sent, not in which round, so
+marking a node and its image in isomorphic graphs leaves ``|g0 - g1|`` zero: the check an honest
+exchange needs. And each node's message logit gets a learned weight times its *match score*
+(:func:`node_match`), how alike its GIN embedding, computed without the marks, is to the other
+graph's message nodes'. A node and its image under an isomorphism have equal embeddings whatever
+the weights, so a prover answers a marked node with a look-alike from the first iteration
+instead of having to discover matching from a verifier that does not yet check for it. Under
+``nip`` the two lift the verifier from below its solo baseline to well above it (README).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class GraphIsomorphismBody(nn.Module):
 
     def forward(
         self, adjacency: torch.Tensor, node_mask: torch.Tensor, history: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode a batch of graph pairs.
 
         Parameters
