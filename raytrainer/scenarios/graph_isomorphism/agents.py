@@ -158,10 +158,13 @@ class GraphIsomorphismBody(nn.Module):
         if history is None:
             match = adjacency.new_zeros(batch, 2 * size)
         else:
-            plain = self.gin_embed(
-                self.input(torch.zeros_like(marks[..., None])) * mask, adjacency, mask
-            )
-            match = node_match(plain, marks, node_mask)
+            # Detached: d² of a node and its image is rounding, and its gradient, divided by
+            # s, would carry rounding into the GIN (two workers would part from one process).
+            with torch.no_grad():
+                plain = self.gin_embed(
+                    self.input(torch.zeros_like(marks[..., None])) * mask, adjacency, mask
+                )
+                match = node_match(plain, marks, node_mask)
         return representation, out[:, 2:], match
 
     def gin_embed(
@@ -191,16 +194,21 @@ def node_match(
     Returns
     -------
     Tensor [B, 2N]
-        ``exp(-d² / mean d²)`` with ``d`` the distance from a node to the mean embedding of the
-        other graph's message nodes and the mean over that node's graph; 1 for an exact match,
-        0 where the other graph holds no message.
+        ``exp(-d² / s)`` with ``d`` the distance from a node to the mean embedding of the other
+        graph's message nodes and ``s`` the mean ``d²`` over that node's graph; 1 for an exact
+        match, 0 where the other graph holds no message.
     """
     count = messaged.sum(-1, keepdim=True)  # [B, 2, 1]
     target = (messaged[..., None] * embeddings).sum(2) / count.clamp(min=1)  # [B, 2, d]
     distance = (embeddings - target.flip(1)[:, :, None]).pow(2).sum(-1)  # [B, 2, N]
     valid = node_mask.to(distance.dtype)
-    scale = (distance * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
-    score = torch.exp(-distance / (scale + 1e-6)) * (count.flip(1) > 0) * valid
+    nodes = valid.sum(-1, keepdim=True).clamp(min=1)
+    scale = (distance * valid).sum(-1, keepdim=True) / nodes
+    # Floor s at 1e-3 of the mean squared norm: in a graph whose nodes all look alike, d² is
+    # rounding, and dividing by it would make the scores rounding too.
+    norm = (embeddings.pow(2).sum(-1) * valid).sum(-1, keepdim=True) / nodes
+    scale = torch.maximum(scale, 1e-3 * norm) + 1e-6
+    score = torch.exp(-distance / scale) * (count.flip(1) > 0) * valid
     return score.flatten(1)
 
 
