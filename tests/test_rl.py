@@ -156,6 +156,8 @@ def test_ppo_killed_mid_run_resumes_bitwise(tmp_path):
 
 
 def test_reinforce_runs_every_protocol_of_the_original(tmp_path):
+    # 32 frames of 4 rounds: 8 episodes, 32 (round, episode) slots; minibatches of 16 and 2
+    # epochs make 4 steps per agent an iteration, as PPO's loop does.
     for protocol in ("nip", "adp", "debate", "mnip", "merlin_arthur", "solo_verifier"):
         hp = load_hyper_params(
             tiny_rl_config(
@@ -163,13 +165,39 @@ def test_reinforce_runs_every_protocol_of_the_original(tmp_path):
                 interaction_protocol=protocol,
                 debate_protocol={"max_message_rounds": 4},
                 mnip_protocol={"max_message_rounds": 4},
-                rl={"frames_per_batch": 32, "num_iterations": 2, "num_test_iterations": 1},
-                reinforce={"use_advantage_and_critic": protocol == "nip"},
+                rl={
+                    "frames_per_batch": 32,
+                    "num_iterations": 2,
+                    "num_epochs": 2,
+                    "minibatch_size": 16,
+                    "num_test_iterations": 1,
+                },
+                reinforce={
+                    "use_advantage_and_critic": protocol == "nip",
+                    "normalize_advantage": protocol in ("nip", "debate"),
+                },
             )
         )
         settings = ExperimentSettings(storage_path=str(tmp_path), checkpoint_period=2)
         result = run_local(hp, settings)
         assert result.iteration == 2 and 0 <= result.metrics["test_mean_accuracy"] <= 1, protocol
+        final = read_checkpoint(list_checkpoints(tmp_path / result.run_id)[-1])
+        for name, optimizer in final.state["optimizers"].items():
+            steps = max(int(state["step"]) for state in optimizer["state"].values())
+            assert steps == 2 * 4, (protocol, name)
+
+
+def test_advantages_are_standardised_over_the_acting_slots_only(tmp_path):
+    hp = load_hyper_params(tiny_rl_config(trainer="reinforce"))
+    settings = ExperimentSettings(
+        storage_path=str(tmp_path), wandb_mode="disabled", progress_bar_factory=None
+    )
+    trainer = build_trainer(hp, settings)
+    advantages = torch.tensor([1.0, 2.0, 3.0, 100.0])
+    mask = torch.tensor([True, True, True, False])  # the last slot's agent did not act
+    out = trainer.normalized(advantages, mask, mask.sum().float())
+    std = (2 / 3) ** 0.5  # of 1, 2, 3 about their mean 2
+    assert out[:3].tolist() == pytest.approx([-1 / std, 0.0, 1 / std], rel=1e-6)
 
 
 def test_pretrain_agents_runs_solo_agent_steps_first(tmp_path):

@@ -60,6 +60,9 @@ class ReinforceParameters(ParamsModel):
     use_advantage_and_critic: bool = Field(
         False, description="Use GAE advantages and train the value head (else plain returns)."
     )
+    normalize_advantage: bool = Field(
+        False, description="Standardise the returns or advantages per minibatch."
+    )
 
 
 class NipHyperParameters(HyperParameters):

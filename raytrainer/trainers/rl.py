@@ -22,6 +22,7 @@ gradients, so ``n`` Ray workers follow the curve of one process (to float tolera
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -354,6 +355,27 @@ class RlTrainer(Trainer):
         Returns loss metrics averaged over the ranks (see :meth:`share_of_mean`).
         """
 
+    def minibatches(
+        self, rollout: Rollout, draws: GlobalDraws
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield ``rl.num_epochs`` passes of minibatches of ``rl.minibatch_size`` global slots.
+
+        A minibatch is a set of (round, episode) slots of the global batch, in an order drawn
+        the same on every rank; each rank gets the slots in its slice as ``t, b`` (rounds and
+        rows of ``rollout``) and ``own``, which is false only for the one slot a rank holding
+        none of the minibatch runs anyway, so that it steps with the others (DDP).
+        """
+        rl = self.hyper_params.rl
+        num_rounds, episodes = rollout.logp.shape[0], draws.global_size
+        for _ in range(rl.num_epochs):
+            order = draws.permutation(num_rounds * episodes)
+            for start in range(0, len(order), rl.minibatch_size):
+                index = order[start : start + rl.minibatch_size]
+                t, b = index // episodes, index % episodes - draws.start
+                own = (b >= 0) & (b < len(rollout.pairs))
+                keep = own if own.any() else torch.arange(len(own), device=own.device) == 0
+                yield t[keep], b[keep].clamp(0, len(rollout.pairs) - 1), own[keep]
+
     def global_counts(self, *masks: torch.Tensor) -> list[torch.Tensor]:
         """How many slots each mask holds over every rank's slice of the global batch."""
         counts = self.all_reduce_sum(torch.stack([m.sum() for m in masks]).double())
@@ -369,6 +391,14 @@ class RlTrainer(Trainer):
         makes them the gradient of the global mean, and the average of the shares is its value.
         """
         return (values * mask).sum() * self.settings.world_size / count.clamp(min=1)
+
+    def normalized(
+        self, advantages: torch.Tensor, mask: torch.Tensor, count: torch.Tensor
+    ) -> torch.Tensor:
+        """Standardise ``advantages`` by their mean and deviation where ``mask`` holds, globally."""
+        mean = self.all_reduce_sum((advantages * mask).sum()) / count.clamp(min=1)
+        var = self.all_reduce_sum(((advantages - mean) ** 2 * mask).sum())
+        return (advantages - mean) / ((var / count.clamp(min=1)).sqrt() + 1e-8)
 
     def mean_over_ranks(self, stats: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         """Average each metric's shares over its steps and over the ranks (one all-reduce)."""

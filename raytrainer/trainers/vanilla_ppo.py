@@ -44,41 +44,27 @@ class VanillaPpoTrainer(RlTrainer):
         A minibatch is a set of (round, episode) slots of the global batch; each rank runs
         the ones in its slice, and every mean (advantage statistics, losses) is global.
         """
-        rl, ppo = self.hyper_params.rl, self.hyper_params.ppo
-        num_rounds, episodes = rollout.logp.shape[0], draws.global_size
+        ppo = self.hyper_params.ppo
         stats: dict[str, list[torch.Tensor]] = {}
-        for _ in range(rl.num_epochs):
-            order = draws.permutation(num_rounds * episodes)  # the same on every rank
-            for start in range(0, len(order), rl.minibatch_size):
-                index = order[start : start + rl.minibatch_size]
-                t, b = index // episodes, index % episodes - draws.start
-                own = (b >= 0) & (b < len(rollout.pairs))
-                # A rank with none of these slots still steps with the others (DDP): it runs
-                # one slot and counts none.
-                keep = own if own.any() else torch.arange(len(own), device=own.device) == 0
-                t, b, own = t[keep], b[keep].clamp(0, len(rollout.pairs) - 1), own[keep]
-                for a, name in enumerate(self.models):
-                    out, new_logp, entropy = self._policy(name, rollout, t, b)
-                    acts, alive = rollout.active[t, a, b] & own, rollout.alive[t, b] & own
-                    adv = advantages[t, a, b]
-                    num_acts, num_alive = self.global_counts(acts, alive)
-                    if ppo.normalize_advantage:
-                        mean = self.all_reduce_sum((adv * acts).sum()) / num_acts.clamp(min=1)
-                        var = self.all_reduce_sum(((adv - mean) ** 2 * acts).sum())
-                        adv = (adv - mean) / ((var / num_acts.clamp(min=1)).sqrt() + 1e-8)
-                    clip = ppo_clip_loss(new_logp, rollout.logp[t, a, b], adv, ppo.clip_epsilon)
-                    policy_loss = self.share_of_mean(clip, acts, num_acts)
-                    value_error = (out["value"] - returns[t, a, b]) ** 2
-                    value_loss = self.share_of_mean(value_error, alive, num_alive)
-                    entropy_bonus = self.share_of_mean(entropy, acts, num_acts)
-                    loss = (
-                        policy_loss + ppo.critic_coef * value_loss - ppo.entropy_eps * entropy_bonus
-                    )
-                    self._step_agent(name, loss)
-                    for key, value in (
-                        ("policy_loss", policy_loss),
-                        ("value_loss", value_loss),
-                        ("entropy", entropy_bonus),
-                    ):
-                        stats.setdefault(f"{name}_{key}", []).append(value.detach())
+        for t, b, own in self.minibatches(rollout, draws):
+            for a, name in enumerate(self.models):
+                out, new_logp, entropy = self._policy(name, rollout, t, b)
+                acts, alive = rollout.active[t, a, b] & own, rollout.alive[t, b] & own
+                adv = advantages[t, a, b]
+                num_acts, num_alive = self.global_counts(acts, alive)
+                if ppo.normalize_advantage:
+                    adv = self.normalized(adv, acts, num_acts)
+                clip = ppo_clip_loss(new_logp, rollout.logp[t, a, b], adv, ppo.clip_epsilon)
+                policy_loss = self.share_of_mean(clip, acts, num_acts)
+                value_error = (out["value"] - returns[t, a, b]) ** 2
+                value_loss = self.share_of_mean(value_error, alive, num_alive)
+                entropy_bonus = self.share_of_mean(entropy, acts, num_acts)
+                loss = policy_loss + ppo.critic_coef * value_loss - ppo.entropy_eps * entropy_bonus
+                self._step_agent(name, loss)
+                for key, value in (
+                    ("policy_loss", policy_loss),
+                    ("value_loss", value_loss),
+                    ("entropy", entropy_bonus),
+                ):
+                    stats.setdefault(f"{name}_{key}", []).append(value.detach())
         return self.mean_over_ranks(stats)
