@@ -1,11 +1,11 @@
 """``reinforce``: REINFORCE for every agent under an interaction protocol.
 
-Each iteration rolls out a batch of episodes (:mod:`raytrainer.trainers.rl`), then, like the
-original project's trainer and with the same ``rl`` settings as PPO, runs ``rl.num_epochs``
-passes of minibatches, each agent stepping on ``-log π(a) · G``: ``G`` is the discounted return,
-or, with ``reinforce.use_advantage_and_critic``, the GAE advantage (and the value head is
-trained too). Set ``rl.num_epochs: 1`` and ``rl.minibatch_size >= rl.frames_per_batch`` for
-the textbook one step per rollout.
+Each iteration rolls out a batch of episodes (:mod:`raytrainer.trainers.rl`), then, with the
+same ``rl`` settings as PPO, runs ``rl.num_epochs`` passes of minibatches, each agent stepping
+on ``-log π(a) · G``: ``G`` is the discounted return, or, with
+``reinforce.use_advantage_and_critic``, the GAE advantage (and the value head is trained too),
+standardised per minibatch with ``reinforce.normalize_advantage``. Set ``rl.num_epochs: 1`` and
+``rl.minibatch_size >= rl.frames_per_batch`` for the textbook one step per rollout.
 """
 
 from __future__ import annotations
