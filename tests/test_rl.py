@@ -200,6 +200,20 @@ def test_advantages_are_standardised_over_the_acting_slots_only(tmp_path):
     assert out[:3].tolist() == pytest.approx([-1 / std, 0.0, 1 / std], rel=1e-6)
 
 
+def test_reinforce_entropy_bonus_keeps_every_policy_more_uncertain(tmp_path):
+    rl = {"frames_per_batch": 32, "num_iterations": 4, "minibatch_size": 16}
+    entropies = {}
+    for eps in (0.0, 1.0):
+        hp = load_hyper_params(
+            tiny_rl_config(trainer="reinforce", rl=rl, reinforce={"entropy_eps": eps})
+        )
+        settings = ExperimentSettings(storage_path=str(tmp_path / str(eps)))
+        entropies[eps] = run_local(hp, settings).metrics
+    # Same seed, same rollouts at first: only the bonus parts the runs.
+    for name in ("prover", "verifier"):
+        assert entropies[1.0][f"{name}_entropy"] > entropies[0.0][f"{name}_entropy"], name
+
+
 def test_pretrain_agents_runs_solo_agent_steps_first(tmp_path):
     rl = {"frames_per_batch": 32, "num_iterations": 3, "num_test_iterations": 1}
     solo = {"num_epochs": 1, "batch_size": 16}  # 90 training pairs: 5 steps

@@ -63,6 +63,7 @@ class ReinforceParameters(ParamsModel):
     normalize_advantage: bool = Field(
         False, description="Standardise the returns or advantages per minibatch."
     )
+    entropy_eps: float = Field(0.0, ge=0, description="Entropy bonus weight.")
 
 
 class NipHyperParameters(HyperParameters):
