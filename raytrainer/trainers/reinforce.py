@@ -5,9 +5,9 @@ same ``rl`` settings as PPO, runs ``rl.num_epochs`` passes of minibatches, each 
 on ``-log π(a) · G``: ``G`` is the discounted return, or, with
 ``reinforce.use_advantage_and_critic``, the GAE advantage (and the value head is trained too),
 standardised per minibatch with ``reinforce.normalize_advantage``, minus
-``reinforce.entropy_eps`` × the policy's entropy (it keeps a decision from saturating, where its
-gradient vanishes). Set ``rl.num_epochs: 1`` and
-``rl.minibatch_size >= rl.frames_per_batch`` for the textbook one step per rollout.
+``reinforce.entropy_eps`` × the policy's entropy (PPO's bonus term; off by default). Set
+``rl.num_epochs: 1`` and ``rl.minibatch_size >= rl.frames_per_batch`` for the textbook one step
+per rollout.
 """
 
 from __future__ import annotations
