@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers.cli import call_main
 from helpers.gated import GATE_ENV, SIGTERM_ENV, make_gate, wait_for_gate
 
 from raytrainer import ExperimentSettings, build_trainer, load_hyper_params, run_local
@@ -182,12 +183,22 @@ def test_run_local_returns_and_marks_complete(tmp_path, tiny_config):
         (["--storage-path", "s3://bucket/x"], "in-process runner writes to a local folder"),
     ],
 )
-def test_cli_bad_input_is_one_clear_error(tmp_path, config_file, extra, needle):
-    code, out, err = _run_cli(["run", config_file, "--local", *extra], tmp_path)
+def test_cli_bad_input_is_one_clear_error(
+    tmp_path, config_file, capsys, monkeypatch, extra, needle
+):
+    code, out, err = call_main(
+        ["run", config_file, "--local", *extra], tmp_path, capsys, monkeypatch
+    )
     assert code == 2
-    assert needle in err
-    assert "Traceback" not in err
+    assert err.startswith("raytrainer: error: ") and needle in err
     # Nothing was written where this run would go: the default root, $RAYTRAINER_STORAGE.
+    assert not Path(os.environ["RAYTRAINER_STORAGE"]).exists()
+
+
+def test_the_run_command_exits_2_on_bad_input_with_one_line(tmp_path, config_file):
+    code, out, err = _run_cli(["run", config_file, "--local", "--set", "batch_size=lots"], tmp_path)
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("raytrainer: error: ") and "batch_size: Input should be a valid" in err
     assert not Path(os.environ["RAYTRAINER_STORAGE"]).exists()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.cli import call_main
 from helpers.gated import GATE_ENV, SKIP_ENV, STARTS_ENV, make_gate, read_starts, wait_for_gate
 from helpers.wandb_records import read_records
 
@@ -70,16 +71,24 @@ def _checkpoints(sweep_dir: Path) -> list[Path]:
     ],
 )
 def test_a_bad_sweep_file_is_one_clear_error_before_ray_starts(
-    tmp_path, tiny_config, change, needle
+    tmp_path, tiny_config, capsys, monkeypatch, change, needle
 ):
     path = _sweep_file(tmp_path, tiny_config, **change)
     with pytest.raises(ConfigError) as caught:
         load_sweep(path)
     assert needle in " ".join(str(caught.value).split())
+    code, out, err = call_main(["sweep", path], tmp_path, capsys, monkeypatch)
+    assert code == 2 and needle in " ".join(err.split())
+    assert err.startswith("raytrainer: error: invalid sweep")
+    assert out == "" and not (tmp_path / "raytrainer_runs").exists()
+
+
+def test_the_sweep_command_exits_2_on_a_bad_file_before_ray_starts(tmp_path, tiny_config):
+    path = _sweep_file(tmp_path, tiny_config, metrc="loss")
     proc = _cli(["sweep", path], tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "Traceback" not in err
-    assert err.startswith("raytrainer: error: invalid sweep")
+    assert err.startswith("raytrainer: error: invalid sweep") and "metrc: unknown field" in err
     assert "ray" not in out.lower() and not (tmp_path / "raytrainer_runs").exists()
 
 
