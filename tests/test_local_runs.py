@@ -202,7 +202,7 @@ def test_the_run_command_exits_2_on_bad_input_with_one_line(tmp_path, config_fil
     assert not Path(os.environ["RAYTRAINER_STORAGE"]).exists()
 
 
-def test_cli_checkpoints_ls_and_show(tmp_path, config_file):
+def test_cli_checkpoints_ls_and_show(tmp_path, config_file, capsys, monkeypatch):
     code, _, err = _run_cli(
         ["run", config_file, "--local", "--no-progress", "--checkpoint-period", "20"], tmp_path
     )
@@ -211,7 +211,8 @@ def test_cli_checkpoints_ls_and_show(tmp_path, config_file):
     good = run_dir / "checkpoint_000040"
     bad = run_dir / "checkpoint_000060"
     (bad / "optimizer.pt").write_bytes(b"garbage")
-    code, out, err = _run_cli(["checkpoints", "ls", run_dir.name], tmp_path)
+    # `ls` and `show` in this process: the run above is the command as a real process.
+    code, out, err = call_main(["checkpoints", "ls", run_dir.name], tmp_path, capsys, monkeypatch)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == f"run: {run_dir}"
@@ -223,10 +224,10 @@ def test_cli_checkpoints_ls_and_show(tmp_path, config_file):
     ]
     # marks: the newest good one is latest, the altered one BAD; no score metric, no best.
     assert [row[4] for row in rows] == ["-", "latest", "BAD"]
-    code, out, _ = _run_cli(["checkpoints", "show", good], tmp_path)
+    code, out, _ = call_main(["checkpoints", "show", good], tmp_path, capsys, monkeypatch)
     info = json.loads(out)
     assert code == 0 and info["iteration"] == 40 and info["integrity"] == "ok"
     assert set(info["metrics"]) == {"iteration", "loss"} and info["size_bytes"] > 0
-    code, out, err = _run_cli(["checkpoints", "show", bad], tmp_path)
+    code, out, err = call_main(["checkpoints", "show", bad], tmp_path, capsys, monkeypatch)
     assert code == 1 and "'optimizer.pt' does not match its recorded digest" in err
     assert "'optimizer.pt' does not match its recorded digest" in json.loads(out)["integrity"]
