@@ -195,7 +195,7 @@ def test_cli_bad_input_is_one_clear_error(
     assert not Path(os.environ["RAYTRAINER_STORAGE"]).exists()
 
 
-def test_the_run_command_exits_2_on_bad_input_with_one_line(tmp_path, config_file):
+def test_the_run_command_exits_2_on_bad_input_without_a_traceback(tmp_path, config_file):
     code, out, err = _run_cli(["run", config_file, "--local", "--set", "batch_size=lots"], tmp_path)
     assert code == 2 and "Traceback" not in err
     assert err.startswith("raytrainer: error: ") and "batch_size: Input should be a valid" in err
