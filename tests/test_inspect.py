@@ -12,20 +12,14 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 import yaml
+from helpers.cli import call_main
 
 from raytrainer import ExperimentSettings, load_hyper_params, run_local
 from raytrainer.checkpoint import list_checkpoints
-from raytrainer.cli import main
 from raytrainer.inspection import MARK_BAD, MARK_BEST, MARK_LATEST, list_run, show_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "regression.yaml"
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _run(config: dict, storage_path: str | None = None, **settings) -> Path:
@@ -71,7 +65,7 @@ def _expected_best(run_dir: Path, order: str = "min") -> str:
 
 
 def test_ls_by_run_id_resolves_against_raytrainer_storage(scored_run, capsys):
-    code, out, err = _cli(capsys, "checkpoints", "ls", scored_run.name)
+    code, out, err = call_main(capsys, "checkpoints", "ls", scored_run.name)
     assert code == 0, err
     assert out.splitlines()[0] == f"run: {scored_run}"
     rows = _rows(out)
@@ -89,9 +83,9 @@ def test_ls_by_run_id_resolves_against_raytrainer_storage(scored_run, capsys):
 def test_ls_by_folder_and_with_storage_path(scored_run, capsys, tmp_path):
     relative = scored_run.relative_to(tmp_path)
     for target in (scored_run, relative):
-        code, out, _ = _cli(capsys, "checkpoints", "ls", target)
+        code, out, _ = call_main(capsys, "checkpoints", "ls", target)
         assert code == 0 and out.splitlines()[0] == f"run: {scored_run}"
-    code, out, _ = _cli(
+    code, out, _ = call_main(
         capsys, "checkpoints", "ls", scored_run.name, "--storage-path", scored_run.parent
     )
     assert code == 0 and out.splitlines()[0] == f"run: {scored_run}"
@@ -105,9 +99,11 @@ def test_score_flags_override_the_metadata_and_no_metric_means_no_best(
     assert best == [_expected_best(scored_run, "max")]
     assert listing.score_from == "checkpoint metadata"
 
-    code, out, err = _cli(capsys, "checkpoints", "ls", scored_run, "--score-metric", "iteration")
+    code, out, err = call_main(
+        capsys, "checkpoints", "ls", scored_run, "--score-metric", "iteration"
+    )
     assert code == 2 and "--score-order min|max" in err
-    code, out, _ = _cli(
+    code, out, _ = call_main(
         capsys, "checkpoints", "ls", scored_run, "--score-metric", "iteration", "--score-order",
         "min",
     )  # fmt: skip
@@ -115,7 +111,7 @@ def test_score_flags_override_the_metadata_and_no_metric_means_no_best(
     assert "best: lowest 'iteration' (from --score-metric)" in out
 
     plain = _run({**tiny_config, "seed": 4})  # no score metric: no best mark
-    code, out, _ = _cli(capsys, "checkpoints", "ls", plain, "--json")
+    code, out, _ = call_main(capsys, "checkpoints", "ls", plain, "--json")
     listing = json.loads(out)
     assert listing["score_metric"] is None
     assert [c["marks"] for c in listing["checkpoints"]] == [[], [], [MARK_LATEST]]
@@ -123,21 +119,23 @@ def test_score_flags_override_the_metadata_and_no_metric_means_no_best(
 
 
 def test_show_exit_codes(scored_run, capsys):
-    code, out, err = _cli(capsys, "checkpoints", "show", scored_run / "checkpoint_000020")
+    code, out, err = call_main(capsys, "checkpoints", "show", scored_run / "checkpoint_000020")
     info = json.loads(out)
     assert code == 0 and info["integrity"] == "ok" and info["iteration"] == 20 and not err
-    code, out, err = _cli(capsys, "checkpoints", "show", f"{scored_run.name}/checkpoint_000030")
+    code, out, err = call_main(
+        capsys, "checkpoints", "show", f"{scored_run.name}/checkpoint_000030"
+    )
     assert code == 1 and json.loads(out)["integrity"].startswith("BAD")
     assert err.count("\n") == 1 and "'optimizer.pt' does not match its recorded digest" in err
     # A run stands for its newest checkpoint.
     assert show_checkpoint(scored_run.name)["iteration"] == 30
     for missing in ("no-such-run", f"{scored_run.name}/checkpoint_000099"):
-        code, out, err = _cli(capsys, "checkpoints", "show", missing)
+        code, out, err = call_main(capsys, "checkpoints", "show", missing)
         assert code == 2 and not out and err.count("\n") == 1
         assert "no run or checkpoint" in err and "RAYTRAINER_STORAGE" in err
-    code, _, err = _cli(capsys, "checkpoints", "ls", "no-such-run")
+    code, _, err = call_main(capsys, "checkpoints", "ls", "no-such-run")
     assert code == 2 and "no run or checkpoint 'no-such-run'" in err
-    code, _, err = _cli(capsys, "checkpoints", "ls", scored_run / "checkpoint_000010")
+    code, _, err = call_main(capsys, "checkpoints", "ls", scored_run / "checkpoint_000010")
     assert code == 2 and "is a checkpoint, not a run" in err
 
 
@@ -150,7 +148,7 @@ def test_ls_and_show_on_s3(scored_run, s3_server, capsys, monkeypatch):
         destination_filesystem=s3_server,
     )
     uri = f"s3://raytrainer/{prefix}/ext"
-    code, out, err = _cli(capsys, "checkpoints", "ls", uri)
+    code, out, err = call_main(capsys, "checkpoints", "ls", uri)
     assert code == 0, err
     assert out.splitlines()[0] == f"run: {uri}"
     rows = _rows(out)
@@ -159,9 +157,9 @@ def test_ls_and_show_on_s3(scored_run, s3_server, capsys, monkeypatch):
     assert MARK_BEST in rows[_expected_best(scored_run)][4]
     assert "BAD checkpoint_000030: file 'optimizer.pt'" in out
 
-    code, out, err = _cli(capsys, "checkpoints", "show", f"{uri}/checkpoint_000030")
+    code, out, err = call_main(capsys, "checkpoints", "show", f"{uri}/checkpoint_000030")
     assert code == 1 and uri in err and "raytrainer-inspect-" not in err
-    code, out, _ = _cli(capsys, "checkpoints", "show", f"{uri}/checkpoint_000010")
+    code, out, _ = call_main(capsys, "checkpoints", "show", f"{uri}/checkpoint_000010")
     assert code == 0 and json.loads(out)["path"] == f"{uri}/checkpoint_000010"
 
     # A run id under a URI storage root, and the metadata-only listing.
@@ -170,12 +168,12 @@ def test_ls_and_show_on_s3(scored_run, s3_server, capsys, monkeypatch):
     assert listing.location == uri
     assert [c.summary["integrity"] for c in listing.checkpoints] == ["unchecked"] * 3
     assert MARK_LATEST in listing.checkpoints[-1].marks  # unchecked: not marked BAD
-    code, _, err = _cli(capsys, "checkpoints", "ls", f"s3://raytrainer/{prefix}/nothing")
+    code, _, err = call_main(capsys, "checkpoints", "ls", f"s3://raytrainer/{prefix}/nothing")
     assert code == 2 and "nothing at" in err
 
 
 def test_config_show_prints_the_tree_with_descriptions_and_run_id(capsys, tmp_path):
-    code, out, err = _cli(capsys, "config", "show", EXAMPLE, "--set", "seed=5")
+    code, out, err = call_main(capsys, "config", "show", EXAMPLE, "--set", "seed=5")
     assert code == 0, err
     hp = load_hyper_params(EXAMPLE, ["seed=5"])
     assert f"# run id: {hp.default_run_id()}" in out
@@ -198,12 +196,12 @@ def test_config_show_prints_the_tree_with_descriptions_and_run_id(capsys, tmp_pa
     # The lines are YAML that validates to the same tree.
     assert load_hyper_params(yaml.safe_load(out)) == hp
 
-    code, out, _ = _cli(capsys, "config", "show", EXAMPLE, "--run-id", "mine")
+    code, out, _ = call_main(capsys, "config", "show", EXAMPLE, "--run-id", "mine")
     assert code == 0 and "# run id: mine" in out
 
 
 def test_config_show_errors_name_the_override(capsys):
-    code, out, err = _cli(capsys, "config", "show", EXAMPLE, "--set", "num_iteration=10")
+    code, out, err = call_main(capsys, "config", "show", EXAMPLE, "--set", "num_iteration=10")
     assert code == 2 and not out
     assert (
         "num_iteration: unknown field (from --set num_iteration=10); "

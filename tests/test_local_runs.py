@@ -183,12 +183,8 @@ def test_run_local_returns_and_marks_complete(tmp_path, tiny_config):
         (["--storage-path", "s3://bucket/x"], "in-process runner writes to a local folder"),
     ],
 )
-def test_cli_bad_input_is_one_clear_error(
-    tmp_path, config_file, capsys, monkeypatch, extra, needle
-):
-    code, out, err = call_main(
-        ["run", config_file, "--local", *extra], tmp_path, capsys, monkeypatch
-    )
+def test_cli_bad_input_is_one_clear_error(tmp_path, config_file, capsys, extra, needle):
+    code, out, err = call_main(capsys, "run", config_file, "--local", *extra)
     assert code == 2
     assert err.startswith("raytrainer: error: ") and needle in err
     # Nothing was written where this run would go: the default root, $RAYTRAINER_STORAGE.
@@ -202,7 +198,7 @@ def test_the_run_command_exits_2_on_bad_input_without_a_traceback(tmp_path, conf
     assert not Path(os.environ["RAYTRAINER_STORAGE"]).exists()
 
 
-def test_cli_checkpoints_ls_and_show(tmp_path, config_file, capsys, monkeypatch):
+def test_cli_checkpoints_ls_and_show(tmp_path, config_file, capsys):
     code, _, err = _run_cli(
         ["run", config_file, "--local", "--no-progress", "--checkpoint-period", "20"], tmp_path
     )
@@ -212,7 +208,7 @@ def test_cli_checkpoints_ls_and_show(tmp_path, config_file, capsys, monkeypatch)
     bad = run_dir / "checkpoint_000060"
     (bad / "optimizer.pt").write_bytes(b"garbage")
     # `ls` and `show` in this process: the run above is the command as a real process.
-    code, out, err = call_main(["checkpoints", "ls", run_dir.name], tmp_path, capsys, monkeypatch)
+    code, out, err = call_main(capsys, "checkpoints", "ls", run_dir.name)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == f"run: {run_dir}"
@@ -224,10 +220,10 @@ def test_cli_checkpoints_ls_and_show(tmp_path, config_file, capsys, monkeypatch)
     ]
     # marks: the newest good one is latest, the altered one BAD; no score metric, no best.
     assert [row[4] for row in rows] == ["-", "latest", "BAD"]
-    code, out, _ = call_main(["checkpoints", "show", good], tmp_path, capsys, monkeypatch)
+    code, out, _ = call_main(capsys, "checkpoints", "show", good)
     info = json.loads(out)
     assert code == 0 and info["iteration"] == 40 and info["integrity"] == "ok"
     assert set(info["metrics"]) == {"iteration", "loss"} and info["size_bytes"] > 0
-    code, out, err = call_main(["checkpoints", "show", bad], tmp_path, capsys, monkeypatch)
+    code, out, err = call_main(capsys, "checkpoints", "show", bad)
     assert code == 1 and "'optimizer.pt' does not match its recorded digest" in err
     assert "'optimizer.pt' does not match its recorded digest" in json.loads(out)["integrity"]

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.cli import call_main
 from helpers.gated import STARTS_ENV, read_starts
 from helpers.wandb_records import read_records
 
 from raytrainer import ExperimentSettings, load_hyper_params, run_local
 from raytrainer.checkpoint import list_checkpoints, read_checkpoint
-from raytrainer.cli import main
 from raytrainer.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,8 +40,7 @@ def config_file(tmp_path, tiny_config):
 
 
 def _cli(capsys, *args: str) -> tuple[int, list[str], str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
+    code, out, err = call_main(capsys, *args)
     return code, out.splitlines(), err
 
 

@@ -77,7 +77,8 @@ def test_a_bad_sweep_file_is_one_clear_error_before_ray_starts(
     with pytest.raises(ConfigError) as caught:
         load_sweep(path)
     assert needle in " ".join(str(caught.value).split())
-    code, out, err = call_main(["sweep", path], tmp_path, capsys, monkeypatch)
+    monkeypatch.chdir(tmp_path)  # where a run would go by default: ./raytrainer_runs
+    code, out, err = call_main(capsys, "sweep", path)
     assert code == 2 and needle in " ".join(err.split())
     assert err.startswith("raytrainer: error: invalid sweep")
     assert out == "" and not (tmp_path / "raytrainer_runs").exists()
